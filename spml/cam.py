@@ -1,0 +1,108 @@
+"""Class activation maps turned into what the method and the app use: normalised maps, masks,
+masked images, boxes, crops and overlays.
+
+The trainer, the app and the audit all go through these functions, so the mask the app shows is the
+mask training used.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CamNorm = Literal["image", "reference"]
+CAM_NORMS: tuple[str, ...] = ("image", "reference")
+_EPS = 1e-12
+
+
+def normalize_cams(cams: Tensor, mode: CamNorm = "image") -> Tensor:
+    """Scale (B, h, w) maps to [0, 1].
+
+    ``image`` (default, the paper's intent): min-max over each image's own spatial map.
+    ``reference``: what the public CALR code does, pixel by pixel across the batch:
+    ``(cam - min_b cam) / max_b (cam - min_b cam)``. It makes an image's map depend on the other
+    images of its batch. The reference divides 0 by 0 for a batch of one (NaN); here a batch of one
+    falls back to the per-image mode, and a pixel equal in every image of the batch maps to 0.
+    """
+    if cams.dim() != 3:
+        raise ValueError(f"expected maps of shape (B, h, w), got {tuple(cams.shape)}")
+    if mode == "image" or (mode == "reference" and cams.shape[0] == 1):
+        flat = cams.flatten(1)
+        low = flat.min(dim=1).values[:, None, None]
+        high = flat.max(dim=1).values[:, None, None]
+        return (cams - low) / (high - low).clamp_min(_EPS)
+    if mode == "reference":
+        shifted = cams - cams.min(dim=0).values
+        return shifted / shifted.max(dim=0).values.clamp_min(_EPS)
+    raise ValueError(f"unknown CAM normalisation {mode!r}; choose one of {CAM_NORMS}")
+
+
+def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=False) resize of (B, h, w) maps to ``size`` = (H, W)."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def cam_masks(
+    cams: Tensor,
+    size: tuple[int, int],
+    threshold: float,
+    mode: CamNorm = "image",
+    has_positive: Tensor | None = None,
+) -> Tensor:
+    """Boolean (B, H, W) masks of the highlighted regions: normalise, upsample, ``> threshold``.
+
+    Images without an observed positive (``has_positive`` False) get an all-ones mask, as in the
+    method; they are left out of the reference mode's batch statistics, as the reference does.
+    """
+    if has_positive is None or bool(has_positive.all()):
+        return upsample_maps(normalize_cams(cams, mode), size) > threshold
+    masks = torch.ones((cams.shape[0], *size), dtype=torch.bool, device=cams.device)
+    if bool(has_positive.any()):
+        masks[has_positive] = upsample_maps(normalize_cams(cams[has_positive], mode), size) > threshold
+    return masks
+
+
+def apply_masks(images: Tensor, masks: Tensor) -> Tensor:
+    """x^M = x * mask in normalised space: masked-out pixels become 0, the data set's mean colour."""
+    return images * masks[:, None].to(images.dtype)
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box (left, top, right, bottom), right/bottom exclusive, of a 2-D boolean mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def crop_to_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """The part of an (H, W, ...) array inside ``box``; an empty (0, 0, ...) array for no box."""
+    if box is None:
+        return image[:0, :0]
+    left, top, right, bottom = box
+    return image[top:bottom, left:right]
+
+
+def masked_display(image: np.ndarray, mask: np.ndarray, fill: tuple[int, int, int] | None = None) -> np.ndarray:
+    """An (H, W, 3) uint8 image with the pixels outside ``mask`` set to ``fill``.
+
+    ``fill`` defaults to the ImageNet mean colour, which is what x^M shows the network.
+    """
+    from spml.data.transforms import IMAGENET_MEAN
+
+    colour = np.asarray(fill if fill is not None else [round(255 * m) for m in IMAGENET_MEAN], dtype=np.uint8)
+    return np.where(mask[..., None], image, colour).astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The (H, W) map in [0, 1] drawn as a JET heat map over an (H, W, 3) uint8 RGB image."""
+    import cv2
+
+    heat = cv2.applyColorMap(np.clip(cam * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    return np.clip((1.0 - alpha) * image.astype(np.float32) + alpha * heat, 0, 255).astype(np.uint8)

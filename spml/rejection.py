@@ -1,0 +1,140 @@
+"""The rejection rule of CALR: which unannotated labels are dropped from the loss.
+
+An unannotated class c of image i is rejected when its logit moves a lot between the whole image and
+the image masked to the annotated positive's region (its evidence lies elsewhere) AND its logit is
+high for that class:  |z_ic - z^M_ic| > T_gap  and  z_ic > A_c.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def logit_gap(logits: Tensor, masked_logits: Tensor) -> Tensor:
+    """g = |z - z^M| per image and class, on raw logits."""
+    return (logits - masked_logits).abs()
+
+
+def rejection_mask(
+    logits: Tensor,
+    masked_logits: Tensor,
+    observed: Tensor,
+    gap_threshold: float | Tensor,
+    class_average: Tensor,
+) -> Tensor:
+    """Boolean (B, C): True where an unobserved entry is taken for a false negative.
+
+    ``observed`` is 1 for the annotated positive, -1 for a known negative, 0 for unknown (a {0, 1}
+    positive-only matrix works too). Only unknown entries can be rejected.
+    """
+    gap = logit_gap(logits, masked_logits)
+    unknown = observed == 0
+    return unknown & (gap > gap_threshold) & (logits > class_average.to(logits.device))
+
+
+class RunningThresholds:
+    """The two exponential moving averages of the rule, updated every training step.
+
+    - ``gap_threshold`` (T_gap): average over the batch's observed positives of their logit gap;
+    - ``class_average`` (A_c): per class, average over the batch of the logit z_c.
+
+    Defaults follow the reference: momentum 0.999, both start at 0, no bias correction (so they
+    climb slowly from 0 during warm-up). ``bias_correction=True`` divides by ``1 - m**t`` as Adam
+    does. A step whose batch has no observed positive leaves T_gap unchanged (the reference would
+    average an empty set and turn it into NaN for good). Under torch.distributed the batch averages
+    are taken over the global batch, so every rank holds the same thresholds.
+    """
+
+    def __init__(self, num_classes: int, momentum: float = 0.999, bias_correction: bool = False,
+                 device: torch.device | str | None = None):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.num_classes = num_classes
+        self.momentum = momentum
+        self.bias_correction = bias_correction
+        self._gap = torch.zeros((), device=device)
+        self._class_average = torch.zeros(num_classes, device=device)
+        self._gap_steps = torch.zeros((), device=device)
+        self._average_steps = torch.zeros((), device=device)
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, masked_logits: Tensor, observed: Tensor) -> RunningThresholds:
+        positives = observed == 1
+        gaps = logit_gap(logits.float(), masked_logits.float())
+        # One vector for one all-reduce: [gap sum, positive count, logit sums (C), image count].
+        stats = torch.cat([
+            (gaps * positives).sum()[None],
+            positives.sum()[None].float(),
+            logits.float().sum(dim=0),
+            torch.tensor([float(logits.shape[0])], device=logits.device),
+        ]).to(self._gap.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stats)
+        gap_sum, positive_count, logit_sums, image_count = stats[0], stats[1], stats[2:-1], stats[-1]
+        has_positive = positive_count > 0
+        batch_gap = gap_sum / positive_count.clamp_min(1.0)
+        m = self.momentum
+        self._gap = torch.where(has_positive, m * self._gap + (1 - m) * batch_gap, self._gap)
+        self._gap_steps = self._gap_steps + has_positive.float()
+        self._class_average = m * self._class_average + (1 - m) * logit_sums / image_count
+        self._average_steps = self._average_steps + 1
+        return self
+
+    def _corrected(self, value: Tensor, steps: Tensor) -> Tensor:
+        if not self.bias_correction:
+            return value
+        return torch.where(steps > 0, value / (1 - self.momentum ** steps), value)
+
+    @property
+    def gap_threshold_tensor(self) -> Tensor:
+        """T_gap as a 0-d tensor on the thresholds' device (no host synchronisation)."""
+        return self._corrected(self._gap, self._gap_steps)
+
+    @property
+    def gap_threshold(self) -> float:
+        return float(self.gap_threshold_tensor)
+
+    @property
+    def class_average(self) -> Tensor:
+        return self._corrected(self._class_average, self._average_steps)
+
+    def to(self, device: torch.device | str) -> RunningThresholds:
+        for name in ("_gap", "_class_average", "_gap_steps", "_average_steps"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers only, so that the state fits in config.json as well as a resume file."""
+        return {
+            "num_classes": self.num_classes,
+            "momentum": self.momentum,
+            "bias_correction": self.bias_correction,
+            "raw_gap": float(self._gap),
+            "raw_class_average": [float(v) for v in self._class_average.cpu()],
+            "gap_steps": int(self._gap_steps),
+            "average_steps": int(self._average_steps),
+            "gap_threshold": self.gap_threshold,
+            "class_average": [float(v) for v in self.class_average.cpu()],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> RunningThresholds:
+        if len(state["raw_class_average"]) != self.num_classes:
+            raise ValueError(
+                f"thresholds for {len(state['raw_class_average'])} classes cannot load into {self.num_classes}")
+        device = self._gap.device
+        self.momentum = float(state["momentum"])
+        self.bias_correction = bool(state["bias_correction"])
+        self._gap = torch.tensor(float(state["raw_gap"]), device=device)
+        self._class_average = torch.tensor(state["raw_class_average"], dtype=torch.float32, device=device)
+        self._gap_steps = torch.tensor(float(state["gap_steps"]), device=device)
+        self._average_steps = torch.tensor(float(state["average_steps"]), device=device)
+        return self
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str | None = None) -> RunningThresholds:
+        thresholds = cls(int(state["num_classes"]), float(state["momentum"]), bool(state["bias_correction"]), device)
+        return thresholds.load_state_dict(state)

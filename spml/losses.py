@@ -9,9 +9,10 @@ Losses work on raw logits with log-sigmoid (exact -log(sigmoid)), where the publ
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -96,7 +97,9 @@ def role_loss(logits: Tensor, label_logits: Tensor, observed: Tensor, expected_p
 def large_loss_selection(loss_matrix: Tensor, observed: Tensor, fraction: float) -> Tensor:
     """Boolean (B, C): the k = ceil(B*C*fraction) largest losses among the unknown entries."""
     candidates = torch.where(observed == 0, loss_matrix.detach(), torch.full_like(loss_matrix, -math.inf))
-    k = min(math.ceil(loss_matrix.numel() * fraction), int((observed == 0).sum()))
+    # round() first: B*C*(t-1)*delta in floating point can land just above an integer (200 * 7 * 0.005
+    # gives 7.000000000000001), and ceil would then take one entry too many.
+    k = min(math.ceil(round(loss_matrix.numel() * fraction, 9)), int((observed == 0).sum()))
     selected = torch.zeros(loss_matrix.numel(), dtype=torch.bool, device=loss_matrix.device)
     if k > 0:
         selected[candidates.flatten().topk(k).indices] = True
@@ -110,10 +113,13 @@ def calr_loss(
     rejected: Tensor,
     weights: tuple[float, float, float] = (0.5, 1.0, 0.5),
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """w_spbc * SPBC(weak) + w_ran * RAN(strong, rejected entries dropped) + w_l2 * MSE(strong, weak)."""
+    """w_spbc * SPBC(weak) + w_ran * RAN(strong, rejected entries dropped) + w_l2 * MSE(strong, weak).
+
+    Only unknown entries can be dropped: observed positives and known negatives stay in RAN whatever
+    ``rejected`` says."""
     positive = observed == 1
     spbc = neg_log_sigmoid(logits[positive]).mean() if bool(positive.any()) else logits.sum() * 0.0
-    kept = ~rejected
+    kept = ~rejected | (observed != 0)
     ran = assume_negative_matrix(strong_logits, observed)[kept].mean()
     consistency = F.mse_loss(strong_logits, logits)
     w_spbc, w_ran, w_l2 = weights
@@ -131,17 +137,21 @@ class StepResult:
 
 @contextmanager
 def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
-    """BatchNorm keeps using batch statistics but does not fold them into its running averages."""
+    """BatchNorm keeps using batch statistics but does not fold them into its running averages.
+
+    In training mode with ``track_running_stats`` off, BatchNorm normalises with the batch statistics
+    and leaves every buffer alone, ``num_batches_tracked`` included (a momentum of 0 would still count
+    the batch, which shifts the cumulative average of ``momentum=None`` layers)."""
     saved = []
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            saved.append((module, module.momentum))
-            module.momentum = 0.0
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and module.track_running_stats:
+            saved.append(module)
+            module.track_running_stats = False
     try:
         yield
     finally:
-        for module, momentum in saved:
-            module.momentum = momentum
+        for module in saved:
+            module.track_running_stats = True
 
 
 class Objective(nn.Module):
@@ -308,7 +318,8 @@ class CALR(Objective):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.thresholds.load_state_dict(state)
 
-    def masked_logits(self, model: nn.Module, spml_model: SPMLModel, images: Tensor, output, observed: Tensor) -> Tensor:
+    def masked_logits(self, model: nn.Module, spml_model: SPMLModel, images: Tensor, output,
+                      observed: Tensor) -> Tensor:
         """Logits of the images masked to their observed positive's CAM (detached)."""
         has_positive = (observed == 1).any(dim=1)
         positive_class = (observed == 1).to(torch.uint8).argmax(dim=1)

@@ -70,3 +70,82 @@ def precision_recall_at_k(scores: np.ndarray, targets: np.ndarray, k: int) -> tu
     hits = int(targets[top].sum())
     total = int(targets.sum())
     return hits / k, (hits / total if total else 0.0)
+
+
+class StreamingRanking:
+    """Average precision, AUROC and precision/recall@k of one ranking, fed in chunks in descending
+    score order, in memory independent of the number of items: the audit ranks more candidates than
+    it wants to hold at once, so it sorts them on disk and streams them through this.
+
+    The results equal :func:`average_precision`, :func:`roc_auc` and :func:`precision_recall_at_k`
+    on the concatenated arrays: tied scores enter the AP and AUROC together, and @k breaks ties by
+    arrival order, as the stable sort there does. ``ks`` must be known before the stream starts.
+    """
+
+    def __init__(self, ks: tuple[int, ...] | list[int] = ()):
+        self.ks = tuple(int(k) for k in ks)
+        self._hits_at: dict[int, int] = {}
+        self._seen = 0
+        self._hits = 0
+        self._true_closed = 0  # positives and negatives in finished tie groups
+        self._false_closed = 0
+        self._pending: tuple[float, int, int] | None = None  # (score, positives, negatives) of the open group
+        self._ap_sum = 0.0  # sum over groups of positives x precision after the group
+        self._auc_sum = 0.0  # pairs (positive above negative), ties counting one half
+
+    def add(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        scores = np.asarray(scores, dtype=np.float64).ravel()
+        hits = (np.asarray(targets).ravel() > 0).astype(np.int64)
+        if scores.size == 0:
+            return
+        previous = self._pending[0] if self._pending is not None else np.inf
+        if np.any(np.diff(scores) > 0) or scores[0] > previous:
+            raise ValueError("scores must arrive in non-increasing order")
+        for k in self.ks:
+            if k not in self._hits_at and self._seen + scores.size >= k:
+                self._hits_at[k] = self._hits + int(hits[: max(k - self._seen, 0)].sum())
+        self._seen += scores.size
+        self._hits += int(hits.sum())
+        starts = np.r_[0, np.flatnonzero(np.diff(scores)) + 1]
+        group_true = np.add.reduceat(hits, starts)
+        group_false = np.diff(np.r_[starts, scores.size]) - group_true
+        group_scores = scores[starts]
+        if self._pending is not None:
+            if group_scores[0] == self._pending[0]:  # the open group goes on in this chunk
+                group_true[0] += self._pending[1]
+                group_false[0] += self._pending[2]
+            else:
+                group_scores = np.r_[self._pending[0], group_scores]
+                group_true = np.r_[self._pending[1], group_true]
+                group_false = np.r_[self._pending[2], group_false]
+        self._close(group_true[:-1], group_false[:-1])
+        self._pending = (float(group_scores[-1]), int(group_true[-1]), int(group_false[-1]))
+
+    def _close(self, group_true: np.ndarray, group_false: np.ndarray) -> None:
+        if group_true.size == 0:
+            return
+        true_after = self._true_closed + np.cumsum(group_true)
+        false_after = self._false_closed + np.cumsum(group_false)
+        self._ap_sum += float(np.sum(group_true * true_after / (true_after + false_after)))
+        self._auc_sum += float(np.sum(group_false * (true_after - group_true / 2.0)))
+        self._true_closed, self._false_closed = int(true_after[-1]), int(false_after[-1])
+
+    def result(self) -> dict[str, float | int]:
+        """``positives``, ``items``, ``average_precision``, ``auroc`` (NaN with one class only) and
+        ``precision_at_K`` / ``recall_at_K`` for each K of ``ks``. Call once, at the end."""
+        if self._pending is not None:
+            self._close(np.array([self._pending[1]]), np.array([self._pending[2]]))
+            self._pending = None
+        positives, negatives = self._true_closed, self._false_closed
+        out: dict[str, float | int] = {
+            "positives": positives,
+            "items": self._seen,
+            "average_precision": self._ap_sum / positives if positives else 0.0,
+            "auroc": self._auc_sum / (positives * negatives) if positives and negatives else float("nan"),
+        }
+        for k in self.ks:
+            top = min(k, self._seen)
+            hits = self._hits_at.get(k, self._hits)
+            out[f"precision_at_{k}"] = hits / top if top > 0 else 0.0
+            out[f"recall_at_{k}"] = hits / positives if top > 0 and positives else 0.0
+        return out

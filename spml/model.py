@@ -155,3 +155,12 @@ def create_model(arch: str, num_classes: int, pretrained: bool = False, **kwargs
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     return ARCHITECTURES[arch](num_classes=num_classes, pretrained=pretrained, **kwargs)
 
+
+def _build_q2l(num_classes: int, pretrained: bool = False, **options: Any) -> SPMLModel:
+    # Imported on use: spml.q2l builds on this module, so importing it at the top would be circular.
+    from spml.q2l import Query2Label
+
+    return Query2Label(num_classes, pretrained=pretrained, **options)
+
+
+register_architecture("q2l", _build_q2l)

@@ -1,0 +1,132 @@
+"""Shared fixtures. App: a small checkpoint made on the spot, so the app tests never need a trained one."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import struct
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spml.checkpoint import LoadedModel, save_checkpoint
+from spml.data.synthetic import SYNTHETIC_CLASSES, render_scene
+from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from spml.model import create_model
+from spml.rejection import RunningThresholds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_app_checkpoint(directory: Path, classes: list[str] | None = None, image_size: int = 128) -> Path:
+    """A compact untrained network with the synthetic world's classes and thresholds low enough that
+    the rule rejects something, written as a real checkpoint."""
+    classes = list(classes or SYNTHETIC_CLASSES)
+    torch.manual_seed(0)
+    network = create_model("compact", len(classes), width=8).eval()
+    with torch.no_grad():  # untrained activations fade layer by layer: amplify so that logits and gaps spread
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1.8)
+        network.head.weight.mul_(30.0)
+    thresholds = RunningThresholds(len(classes))
+    thresholds.load_state_dict({**thresholds.state_dict(), "raw_gap": 0.2,
+                                "raw_class_average": [-5.0] * len(classes)})
+    model = LoadedModel(network=network, classes=classes, image_size=image_size, mean=IMAGENET_MEAN,
+                        std=IMAGENET_STD, cam_norm="image", cam_threshold=0.5, thresholds=thresholds,
+                        training={"dataset": "data/synthetic", "loss": "calr", "test_map": 42.5,
+                                  "best_val_map": 43.0, "epochs": 1})
+    return save_checkpoint(model, directory)
+
+
+@pytest.fixture(scope="session")
+def app_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_app_checkpoint(tmp_path_factory.mktemp("app-checkpoint") / "fixture")
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims width x height but carries (almost) no pixel data: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@dataclass(frozen=True)
+class AppInput:
+    """A file of one awkward kind and what the app must do with it."""
+
+    path: Path
+    error: str | None = None  # a piece of the message shown, for inputs that must be refused
+    note: str | None = None  # a piece of the summary, for inputs that are converted
+    size: tuple[int, int] | None = None  # (height, width) analysed
+
+
+@pytest.fixture(scope="session")
+def app_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AppInput]:
+    """Real files of every kind the app must survive: accepted ones (converted) and refused ones."""
+    folder = tmp_path_factory.mktemp("app-inputs")
+    scene, _, _ = render_scene(0, "test", 1, 128)
+    scene.save(folder / "scene.png")
+    Image.new("L", (90, 60), 120).save(folder / "gray.png")
+    Image.new("RGBA", (64, 48), (200, 30, 30, 90)).save(folder / "rgba.png")
+    Image.fromarray(np.linspace(0, 65535, 80 * 50, dtype=np.uint16).reshape(50, 80)).save(folder / "deep.png")
+    Image.new("CMYK", (70, 40), (0, 200, 200, 0)).save(folder / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape 60x40, displayed portrait 40x60
+    scene.resize((60, 40)).save(folder / "rotated.jpg", exif=exif)
+    frames = [Image.new("RGB", (50, 50), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    scene.resize((6000, 300)).save(folder / "wide.jpg", quality=80)
+    _png_header_only(folder / "bomb.png", 100_000, 100_000)
+    scene.save(folder / "full.jpg", quality=90)
+    (folder / "truncated.jpg").write_bytes((folder / "full.jpg").read_bytes()[:1500])
+    (folder / "text.png").write_text("this is not an image\n")
+    return {
+        "scene": AppInput(folder / "scene.png", size=(128, 128)),
+        "grayscale": AppInput(folder / "gray.png", note="Grayscale", size=(60, 90)),
+        "rgba": AppInput(folder / "rgba.png", note="Transparent areas", size=(48, 64)),
+        "16-bit": AppInput(folder / "deep.png", note="16-bit", size=(50, 80)),
+        "cmyk": AppInput(folder / "cmyk.jpg", note="CMYK", size=(40, 70)),
+        "exif-rotated": AppInput(folder / "rotated.jpg", note="EXIF orientation (6)", size=(60, 40)),
+        "animated": AppInput(folder / "animated.gif", note="Animated GIF of 3 frames", size=(50, 50)),
+        "huge-wide": AppInput(folder / "wide.jpg", note="Downscaled from 6000×300", size=(205, 4096)),
+        "bomb": AppInput(folder / "bomb.png", error="decompression bomb"),
+        "truncated": AppInput(folder / "truncated.jpg", error="truncated"),
+        "not-an-image": AppInput(folder / "text.png", error="not an image"),
+    }
+
+
+def load_app_module():
+    """app.py by path: it is a script at the repository root, not part of the package."""
+    if "spml_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("spml_app", ROOT / "app.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["spml_app"] = module
+    return sys.modules["spml_app"]
+
+
+@pytest.fixture(scope="module")
+def app_url(app_checkpoint: Path) -> Iterator[str]:
+    """The app of app.py on the fixture checkpoint, launched on a free local port for one test module."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = load_app_module().build_app(str(app_checkpoint))
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

@@ -1,0 +1,231 @@
+"""The app: its callbacks as plain functions, then the launched app through gradio_client."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spml import ui
+from spml.checkpoint import load_model
+from spml.data.synthetic import SYNTHETIC_CLASSES
+from spml.inference import fold_batchnorm, optimize_for_inference
+from spml.model import create_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")  # pandas deprecations inside gradio
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "checkpoints" / "demo"
+needs_demo = pytest.mark.skipif(not (DEMO / "config.json").is_file(), reason="checkpoints/demo not trained yet")
+
+
+@pytest.fixture(scope="module")
+def controller(app_checkpoint, tmp_path_factory) -> ui.Controller:
+    registry = ui.CheckpointRegistry(str(app_checkpoint), base_dir=ROOT, device="cpu")
+    return ui.Controller(registry, ui.ExampleCache(tmp_path_factory.mktemp("examples"), count=3))
+
+
+# ------------------------------------------------------------------------------------ inference
+
+
+def _randomise_batchnorm(network: torch.nn.Module) -> None:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                size = module.num_features
+                module.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(size, generator=generator) - 0.5)
+
+
+@pytest.mark.parametrize("arch, size", [("compact", 64), ("resnet18", 64)])
+def test_optimize_for_inference_keeps_logits_and_maps(arch, size):
+    network = create_model(arch, 5).eval()
+    _randomise_batchnorm(network)
+    optimized = optimize_for_inference(copy.deepcopy(network))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in optimized.modules())
+    images = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        plain, fast = network(images), optimized(images)
+        classes = torch.tensor([1, 3])
+        maps, fast_maps = network.class_maps(plain, classes), optimized.class_maps(fast, classes)
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_maps, maps, rtol=1e-4, atol=1e-3)
+
+
+def test_fold_leaves_a_shared_convolution_alone():
+    class Branches(torch.nn.Module):  # the conv output feeds a BatchNorm AND something else: not foldable
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    module = Branches().eval()
+    assert fold_batchnorm(module) == 0 and isinstance(module.bn, torch.nn.BatchNorm2d)
+
+
+# ------------------------------------------------------------------------------------ callbacks
+
+
+def test_analyze_callback_outputs_at_the_image_size(controller, app_inputs):
+    labels, overlay, masked, crop, table, summary = controller.analyze(str(app_inputs["scene"].path))
+    assert list(labels) == sorted(labels, key=lambda name: -labels[name]) and set(labels) == set(SYNTHETIC_CLASSES)
+    assert overlay.shape == masked.shape == (128, 128, 3)
+    assert crop is not None and crop.shape[0] <= 128 and crop.shape[2] == 3
+    top = next(iter(labels))
+    assert f"`{top}` (the top prediction" in summary
+    rows = table["data"]
+    assert table["headers"] == ui.TABLE_HEADERS and len(rows) == len(SYNTHETIC_CLASSES) - 1
+    assert top not in [row[0] for row in rows]
+    flags = [row[-1] for row in rows]
+    assert flags == sorted(flags, key=lambda flag: flag != "yes"), "rejected rows come first"
+    assert "yes" in flags, "the fixture's low thresholds reject something"
+
+
+def test_given_positive_controls_and_payload_forms(controller, app_inputs):
+    path = app_inputs["scene"].path
+    payload = {"path": str(path), "orig_name": "mine.png", "meta": {"_type": "gradio.FileData"}}
+    *_, summary = controller.analyze(payload, "star", 0.9, "reference")
+    assert "`star` (as given" in summary and "reference code normalisation, threshold 0.90" in summary
+    data_url = {"path": None, "url": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()}
+    assert controller.analyze(data_url)[1].shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("kind", ["scene", "grayscale", "rgba", "16-bit", "cmyk", "exif-rotated", "animated",
+                                  "huge-wide", "bomb", "truncated", "not-an-image"])
+def test_every_input_kind_gives_a_result_or_a_clear_message(controller, app_inputs, kind):
+    case = app_inputs[kind]
+    payload = {"path": str(case.path), "orig_name": case.path.name}
+    if case.error:
+        with pytest.raises(gr.Error) as caught:
+            controller.analyze(payload)
+        assert case.error in caught.value.message and case.path.name in caught.value.message
+        assert str(case.path.parent) not in caught.value.message, "no server path in messages"
+    else:
+        _, overlay, masked, _, _, summary = controller.analyze(payload)
+        assert overlay.shape[:2] == masked.shape[:2] == case.size
+        assert case.note is None or case.note in summary
+    # whatever came before, the next request works
+    assert controller.analyze(str(app_inputs["scene"].path))[1].shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ((None,), "Upload, paste or capture an image first"),
+    (("SCENE", "unicorn"), "Unknown class 'unicorn'"),
+    (("SCENE", "", 1.5), "CAM threshold must be in [0, 1)"),
+    (("SCENE", "", 0.5, "batch"), "Unknown CAM normalisation"),
+])
+def test_bad_controls_are_refused_clearly(controller, app_inputs, arguments, message):
+    arguments = tuple(str(app_inputs["scene"].path) if a == "SCENE" else a for a in arguments)
+    with pytest.raises(gr.Error) as caught:
+        controller.analyze(*arguments)
+    assert message in caught.value.message
+
+
+def test_examples_are_rendered_and_analysed_lazily(controller):
+    defaults = controller.checkpoint_defaults()
+    assert len(defaults["examples"]) == 3 and all(Path(p).is_file() for [p] in defaults["examples"])
+    first = controller.example(1, None)
+    assert first[0] == defaults["examples"][1][0] and "true labels" in first[-1]
+    again = controller.example(1, None)
+    assert again[2] is first[2], "the second click is served from the cache"
+    with pytest.raises(gr.Error):
+        controller.example(7, None)
+
+
+def test_checkpoint_registry_lists_and_guards(app_checkpoint, tmp_path):
+    search = tmp_path / "checkpoints"
+    (search / "run" / "best").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (search / "run" / "best" / name).write_bytes((app_checkpoint / name).read_bytes())
+    (search / "other").mkdir()
+    (search / "other" / "config.json").write_text("{}")  # not a checkpoint: not offered
+    registry = ui.CheckpointRegistry(str(app_checkpoint), base_dir=tmp_path, device="cpu")
+    assert registry.keys() == [str(app_checkpoint), "checkpoints/run/best"]
+    model = registry.get("checkpoints/run/best")
+    assert registry.get("checkpoints/run/best") is model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.network.modules()), "optimised on load"
+    with pytest.raises(gr.Error, match="unknown checkpoint"):
+        registry.get("/etc")
+
+
+def test_select_checkpoint_and_description(controller, app_checkpoint):
+    key, description, positive, threshold, norm, examples = controller.select_checkpoint(str(app_checkpoint))
+    assert key == str(app_checkpoint)
+    assert "test mAP **42.5**" in description and "`synthetic`" in description and "compact" in description
+    assert positive.choices[0] == ("top prediction", "") and len(positive.choices) == 11
+    assert threshold.value == 0.5 and norm.value == "image" and examples.visible
+
+
+@needs_demo
+def test_demo_checkpoint_page_text_and_examples(tmp_path):
+    model = load_model(DEMO)
+    text = ui.describe_checkpoint("checkpoints/demo", model)
+    assert "mAP **" in text and "synthetic" in text
+    registry = ui.CheckpointRegistry("checkpoints/demo", base_dir=ROOT, device="cpu")
+    demo = ui.Controller(registry, ui.ExampleCache(tmp_path, count=4))
+    hits = 0
+    for index in range(4):
+        image, labels, *_, summary = demo.example(index, None)
+        truth = summary.split("true labels: ")[1].split(".")[0].split(", ")
+        hits += next(iter(labels)) in truth
+    assert hits >= 3, "the demo's top prediction is a true label on most of its own scenes"
+
+
+# ---------------------------------------------------------------------------------- launched app
+
+
+@pytest.fixture(scope="module")
+def served(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+def test_api_exposes_analyze_with_defaults(served):
+    parameters = served.view_api(print_info=False, return_format="dict")["named_endpoints"]["/analyze"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == ["image", "positive", "cam_threshold", "cam_norm"]
+    assert [p["parameter_has_default"] for p in parameters] == [False, True, True, True]
+
+
+def test_api_analyze_on_every_input_kind(served, app_inputs):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    for kind, case in app_inputs.items():
+        if case.error:
+            with pytest.raises(AppError, match=case.error):
+                served.predict(handle_file(str(case.path)), api_name="/analyze")
+            continue
+        labels, overlay, masked, crop, table, summary = served.predict(handle_file(str(case.path)),
+                                                                       api_name="/analyze")
+        assert len(labels["confidences"]) == len(SYNTHETIC_CLASSES), kind
+        assert np.asarray(Image.open(overlay)).shape[:2] == case.size, kind
+        assert Path(masked).is_file() and len(table["data"]) == len(SYNTHETIC_CLASSES) - 1, kind
+        assert case.note is None or case.note in summary, kind
+    with pytest.raises(AppError, match="Unknown class 'unicorn'"):
+        served.predict(handle_file(str(app_inputs["scene"].path)), "unicorn", api_name="/analyze")
+    result = served.predict(handle_file(str(app_inputs["scene"].path)), "ring", api_name="/analyze")
+    assert "`ring` (as given" in result[-1], "the app still serves after every refusal"
+
+
+def test_api_serves_concurrent_users(served, app_inputs):
+    from gradio_client import handle_file
+
+    paths = [app_inputs[kind].path for kind in ("scene", "grayscale", "rgba", "cmyk", "scene", "animated")]
+    jobs = [served.submit(handle_file(str(path)), api_name="/analyze") for path in paths]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=120), jobs))
+    assert all(len(result) == 6 and result[0]["label"] in SYNTHETIC_CLASSES for result in results)

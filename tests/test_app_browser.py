@@ -1,0 +1,87 @@
+"""The page in headless Chromium (Debian's package, driven by playwright): upload, analyse, see every output.
+
+Skips when /usr/bin/chromium is missing, except under CI (the CI environment variable set), where it fails.
+A screenshot of the analysed page is written to artifacts/app-inspect.png.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
+
+CHROMIUM = Path(os.environ.get("SPML_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser_page(app_url) -> Iterator:
+    if not CHROMIUM.is_file():
+        message = f"{CHROMIUM} is missing: run .ci/install_browser.sh (Debian's chromium package)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        # Offline: anything the app does not serve (web fonts, telemetry) is refused at once, not awaited.
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(app_url)
+                   else route.abort())
+        page.goto(app_url, wait_until="load")
+        page.wait_for_selector("#analyse")
+        yield page
+        browser.close()
+
+
+def _upload(page, path: Path) -> None:
+    page.locator("#input-image input[type=file]").set_input_files(str(path))
+    page.locator("#input-image img").first.wait_for()
+
+
+def _image_src(page, elem_id: str) -> str:
+    image = page.locator(f"#{elem_id} img").first
+    image.wait_for()
+    return image.get_attribute("src") or ""
+
+
+def test_page_explains_the_method_and_the_checkpoint(browser_page):
+    page = browser_page
+    assert page.locator("#method-figure svg").count() == 1
+    info = page.locator("#checkpoint-info").inner_text()
+    assert "Loaded:" in info and "synthetic" in info and "mAP" in info
+
+
+def test_upload_analyse_and_see_every_output(browser_page, app_inputs):
+    page = browser_page
+    _upload(page, app_inputs["scene"].path)
+    page.locator("#analyse").click()
+    page.locator("#table tbody tr").nth(8).wait_for()  # 9 rows: every class but the positive
+    page.locator("#summary").get_by_text("Positive:").wait_for()
+    labels = page.locator("#labels").inner_text()
+    assert sum(name in labels for name in ("circle", "square", "star", "ring", "heart")) >= 4
+    for elem_id in ("cam", "masked", "crop"):
+        assert _image_src(page, elem_id), f"no image in #{elem_id}"
+    assert "rejected" in page.locator("#table thead").inner_text()
+    page.wait_for_timeout(500)  # let the images finish painting before the screenshot
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-inspect.png"), full_page=True)
+
+
+def test_bad_file_shows_a_message_and_the_next_request_works(browser_page, app_inputs):
+    page = browser_page
+    _upload(page, app_inputs["scene"].path)  # replaced below through the same file input
+    page.locator("#input-image input[type=file]").set_input_files(str(app_inputs["not-an-image"].path))
+    page.locator("#analyse").click()
+    page.get_by_text("not an image file").first.wait_for()
+    page.locator("#examples button, #examples [role=button], #examples img").first.click()
+    page.locator("#summary").get_by_text("true labels").wait_for()

@@ -1,0 +1,294 @@
+"""The data set audit: evaluation metrics, score, report, resume, sharding, bad data, command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spml.audit import (REPORT_COLUMNS, _merge, _PART_COLUMNS, audit_dataset, batch_evidence,
+                        missing_label_score)
+from spml.checkpoint import LoadedModel, save_checkpoint
+from spml.data import IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
+from spml.metrics import StreamingRanking, average_precision, precision_recall_at_k, roc_auc
+from spml.model import create_model
+from spml.rejection import RunningThresholds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(image_size: int = 32) -> LoadedModel:
+    """An untrained compact network whose logits and gaps spread, with thresholds the rule can pass."""
+    torch.manual_seed(0)
+    network = create_model("compact", len(SYNTHETIC_CLASSES), width=8).eval()
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1.8)
+        network.head.weight.mul_(30.0)
+    thresholds = RunningThresholds(len(SYNTHETIC_CLASSES))
+    thresholds.load_state_dict({**thresholds.state_dict(), "raw_gap": 0.05,
+                                "raw_class_average": [-1.0] * len(SYNTHETIC_CLASSES)})
+    return LoadedModel(network, list(SYNTHETIC_CLASSES), image_size, IMAGENET_MEAN, IMAGENET_STD,
+                       thresholds=thresholds, source="tiny")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """12 test images at 32 px with full labels (single positives drawn by the protocol)."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("audit") / "world", seed=3, train=4, val=0, test=12,
+                                  image_size=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def reference(world, model, tmp_path_factory) -> Path:
+    """An uninterrupted single-process audit, batch size 5, to compare the other runs with."""
+    out = tmp_path_factory.mktemp("reference") / "audit.csv"
+    audit_dataset(model, world, "test", out, batch_size=5, show_progress_bar=False)
+    return out
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- evaluation metrics ------------------------------------------------------------------------
+
+HAND_SCORES = np.array([0.9, 0.8, 0.8, 0.4, 0.3])
+HAND_TARGETS = np.array([1, 0, 1, 0, 1])
+# AP: precision after each tie group holding positives: 1/1 (0.9), 2/3 (0.8 pair), 3/5 (0.3) -> mean.
+HAND_AP = (1 + 2 / 3 + 3 / 5) / 3
+# AUROC: positive-negative pairs ranked right: 0.9 beats both, 0.8 ties 0.8 (1/2) and beats 0.4, 0.3 none.
+HAND_AUROC = (2 + 1.5 + 0) / 6
+
+
+def test_ranking_metrics_on_a_hand_made_case():
+    assert average_precision(HAND_SCORES, HAND_TARGETS) == pytest.approx(HAND_AP)
+    assert roc_auc(HAND_SCORES, HAND_TARGETS) == pytest.approx(HAND_AUROC)
+    assert precision_recall_at_k(HAND_SCORES, HAND_TARGETS, 2) == pytest.approx((1 / 2, 1 / 3))
+    for cut in range(1, 5):  # a tie group split across chunks must still count as one
+        ranking = StreamingRanking(ks=(2, 3, 100))
+        ranking.add(HAND_SCORES[:cut], HAND_TARGETS[:cut])
+        ranking.add(HAND_SCORES[cut:], HAND_TARGETS[cut:])
+        result = ranking.result()
+        assert result["average_precision"] == pytest.approx(HAND_AP)
+        assert result["auroc"] == pytest.approx(HAND_AUROC)
+        assert (result["precision_at_2"], result["recall_at_2"]) == pytest.approx((1 / 2, 1 / 3))
+        assert (result["precision_at_3"], result["recall_at_3"]) == pytest.approx((2 / 3, 2 / 3))
+        assert (result["precision_at_100"], result["recall_at_100"]) == pytest.approx((3 / 5, 1.0))
+
+
+def test_streaming_ranking_equals_the_array_metrics_and_refuses_disorder():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        scores, targets = rng.integers(0, 5, n).astype(float), rng.integers(0, 2, n)
+        order = np.argsort(-scores, kind="mergesort")
+        ranking = StreamingRanking(ks=(1, 7, int(targets.sum())))
+        for part in np.array_split(order, 3):
+            ranking.add(scores[part], targets[part])
+        result = ranking.result()
+        assert result["average_precision"] == pytest.approx(average_precision(scores, targets))
+        expected_auc = roc_auc(scores, targets)
+        assert (math.isnan(expected_auc) and math.isnan(result["auroc"])) or result["auroc"] == pytest.approx(expected_auc)
+        for k in (1, 7, int(targets.sum())):
+            assert (result[f"precision_at_{k}"], result[f"recall_at_{k}"]) == pytest.approx(
+                precision_recall_at_k(scores, targets, k))
+    ranking = StreamingRanking()
+    ranking.add(np.array([0.5]), np.array([1]))
+    with pytest.raises(ValueError, match="non-increasing"):
+        ranking.add(np.array([0.6]), np.array([0]))
+
+
+def test_report_evaluation_on_hand_made_candidates(tmp_path):
+    """Five candidates of two classes: the report is sorted by score, and the audit and baseline
+    metrics are those computed by hand."""
+    rows = [  # image, class, score, rejected, positive, probability, logit, masked_logit, gap, truth, line
+        ("a.png", "cat", "0.9", "1", "dog", "0.9", "2.0", "0", "2", "1", "2"),
+        ("b.png", "cat", "0.8", "0", "dog", "0.7", "0.8", "0", "0.8", "0", "3"),
+        ("c.png", "cat", "0.8", "1", "dog", "0.6", "0.5", "0", "0.5", "1", "4"),
+        ("d.png", "cow", "0.4", "0", "dog", "0.95", "3.0", "3", "0", "0", "5"),
+        ("e.png", "cow", "0.3", "0", "dog", "0.2", "-1.0", "-2", "1", "1", "6"),
+    ]
+    assert len(rows[0]) == len(_PART_COLUMNS)
+    part = tmp_path / "part.csv"
+    part.write_text("".join(",".join(row) + "\n" for row in rows))
+    out = tmp_path / "report.csv"
+    written, rejected, evaluation = _merge([part], tmp_path / "work", out, None, True, ["cat", "cow", "dog"])
+    report = read_rows(out)
+    assert written == 5 and rejected == 2
+    assert [row["image"] for row in report] == ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    assert [row["rank"] for row in report] == ["1", "2", "3", "4", "5"]
+    audit = evaluation["rankings"]["audit"]["overall"]
+    assert audit["average_precision"] == pytest.approx(HAND_AP)
+    assert audit["auroc"] == pytest.approx(HAND_AUROC)
+    assert audit["hidden_positives"] == 3
+    assert (audit["precision_at_hidden"], audit["recall_at_hidden"]) == pytest.approx((2 / 3, 2 / 3))
+    # The baselines rank by logit: d (3.0, neg), a (2.0, pos), b (0.8, neg), c (0.5, pos), e (-1.0, pos).
+    baseline_ap = (1 / 2 + 2 / 4 + 3 / 5) / 3
+    for name in ("probability", "large_loss"):
+        assert evaluation["rankings"][name]["overall"]["average_precision"] == pytest.approx(baseline_ap)
+        assert evaluation["rankings"][name]["overall"]["auroc"] == pytest.approx(2 / 6)
+    cat = evaluation["rankings"]["audit"]["per_class"]["cat"]
+    assert cat["average_precision"] == pytest.approx((1 + 2 / 3) / 2) and cat["hidden_positives"] == 2
+    assert evaluation["rankings"]["audit"]["per_class"]["dog"]["auroc"] is None  # no candidate at all
+    assert evaluation["rule"] == {"precision": 1.0, "recall": pytest.approx(2 / 3)}
+
+
+# --- score and evidence ------------------------------------------------------------------------
+
+
+def test_score_grows_with_probability_and_with_the_drop_outside_the_positive():
+    logits = torch.tensor([[2.0, 2.0, 2.0, -1.0, 0.0]])
+    masked = torch.tensor([[2.0, -2.0, 4.0, -5.0, 0.0]])
+    score = missing_label_score(logits, masked, gap_scale=1.0)[0]
+    assert score[0] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item() / 2)  # no drop: half the probability
+    assert score[1] > score[0] > score[2]  # a drop is evidence, a rise is counter-evidence
+    assert score[1] > score[3]  # the same drop on a class the model does not believe in counts less
+    loose = missing_label_score(logits, masked, gap_scale=10.0)[0]
+    assert loose[1] < score[1]  # a drop is measured in units of T_gap
+
+
+def test_batch_evidence_masks_only_images_with_a_positive(model):
+    images = torch.randn(3, 3, 32, 32)
+    observed = torch.zeros(3, len(model.classes), dtype=torch.int8)
+    observed[0, 2] = 1
+    observed[2, 5] = 1
+    observed[2, 1] = -1
+    evidence = batch_evidence(model, images, observed)
+    assert torch.equal(evidence["masked_logits"][1], evidence["logits"][1])  # all-ones mask: no second pass
+    assert not torch.equal(evidence["masked_logits"][0], evidence["logits"][0])
+    assert not evidence["rejected"][observed != 0].any()  # positives and known negatives are never rejected
+    alone = batch_evidence(model, images[2:], observed[2:])  # per-image normalisation: batch independent
+    assert torch.allclose(alone["score"][0], evidence["score"][2], atol=1e-5)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def test_report_columns_order_and_summary(world, model, reference):
+    rows = read_rows(reference)
+    split = load_dataset(world).split("test")
+    assert set(REPORT_COLUMNS) <= set(rows[0]) and list(rows[0]) == list(REPORT_COLUMNS)
+    assert len(rows) == int((split.observed == 0).sum())
+    scores = [float(row["score"]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1))
+    assert {row["rejected"] for row in rows} == {"0", "1"}
+    assert {row["truth"] for row in rows} == {"0", "1"}
+    by_image = {path.relative_to(split.source.parent).as_posix(): i for i, path in enumerate(split.images)}
+    for row in rows:
+        index = by_image[row["image"]]
+        assert split.observed[index, split.classes.index(row["class"])] == 0  # never the annotated positive
+        assert row["positive"] == split.classes[int(np.flatnonzero(split.observed[index] == 1)[0])]
+        assert int(row["truth"]) == split.labels[index, split.classes.index(row["class"])]
+        assert float(row["gap"]) == pytest.approx(abs(float(row["logit"]) - float(row["masked_logit"])), abs=1e-5)
+    summary = json.loads(reference.with_suffix(".json").read_text())
+    assert summary["images"] == 12 and summary["candidates"] == len(rows) and summary["skipped"] == 0
+    assert summary["rejected"] == sum(row["rejected"] == "1" for row in rows)
+    evaluation = summary["evaluation"]
+    assert evaluation["hidden_positives"] == sum(row["truth"] == "1" for row in rows)
+    for name in ("audit", "probability", "large_loss"):
+        overall = evaluation["rankings"][name]["overall"]
+        assert {"auroc", "average_precision", "precision_at_100", "recall_at_100", "precision_at_hidden",
+                "recall_at_hidden"} <= set(overall)
+        assert set(evaluation["rankings"][name]["per_class"]) == set(SYNTHETIC_CLASSES)
+    truths = np.array([int(row["truth"]) for row in rows])
+    assert evaluation["rankings"]["audit"]["overall"]["average_precision"] == pytest.approx(
+        average_precision(np.array(scores), truths))
+    assert not (reference.parent / "audit.csv.parts").exists()  # the working files are gone
+
+
+def test_top_k_writes_the_best_rows(world, model, reference, tmp_path):
+    report = audit_dataset(model, world, "test", tmp_path / "top.csv", batch_size=5, top=7,
+                           show_progress_bar=False)
+    rows = read_rows(report.csv_path)
+    assert [row["image"] + row["class"] for row in rows] == [
+        row["image"] + row["class"] for row in read_rows(reference)[:7]]
+    assert report.summary["rows_written"] == 7 and report.candidates > 7
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_audit_resumes_to_the_same_report(world, model, reference, tmp_path):
+    out = tmp_path / "audit.csv"
+    calls = []
+
+    def kill_after_two_batches(done: int, total: int) -> None:
+        calls.append((done, total))
+        if len(calls) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        audit_dataset(model, world, "test", out, batch_size=5, progress=kill_after_two_batches,
+                      show_progress_bar=False)
+    assert calls == [(5, 12), (10, 12)] and not out.exists()
+    part = out.parent / "audit.csv.parts" / "rank0-of-1.csv"
+    with part.open("a") as handle:  # a batch half written when the process died
+        handle.write("images/test/000011.png,circle,0.99")
+    resumed = []
+    report = audit_dataset(model, world, "test", out, batch_size=5, progress=lambda d, t: resumed.append(d),
+                           show_progress_bar=False)
+    assert resumed == [12] and report.summary["resumed_from_batch"] == 2
+    assert out.read_text() == reference.read_text()
+    fresh = audit_dataset(model, world, "test", tmp_path / "again.csv", batch_size=4, resume=True,
+                          show_progress_bar=False)
+    assert fresh.summary["resumed_from_batch"] == 0
+
+
+# --- sharding ---------------------------------------------------------------------------------
+
+
+def test_torchrun_with_two_gloo_ranks_gives_the_single_process_report(world, model, reference, tmp_path):
+    checkpoint = save_checkpoint(model, tmp_path / "checkpoint")
+    out = tmp_path / "sharded.csv"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node=2", "--master_port=0", "-m", "spml", "audit",
+               "--checkpoint", str(checkpoint), "--data", str(world), "--split", "test", "--out", str(out),
+               "--batch-size", "5", "--device", "cpu", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["world_size"] == 2 and summary["images"] == 12
+    assert out.read_text() == reference.read_text()
+
+
+# --- bad data ---------------------------------------------------------------------------------
+
+
+def test_bad_rows_and_unreadable_images_are_reported_and_skipped(world, model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(world, broken)
+    (broken / "images" / "test" / "000003.png").write_bytes(b"not a png at all")
+    with (broken / "test.csv").open("a") as handle:
+        handle.write("images/test/missing.png,circle\n")
+        handle.write("images/test/000000.png,unicorn\n")
+    report = audit_dataset(model, broken, "test", tmp_path / "audit.csv", batch_size=5, show_progress_bar=False)
+    assert report.skipped == 3 and report.images == 11
+    messages = "\n".join(report.skipped_messages)
+    assert "test.csv, line 5:" in messages and "not an image" in messages  # 000003.png is on line 5
+    assert "line 14: missing image file" in messages
+    assert "line 15: unknown class 'unicorn'" in messages
+    assert "images/test/000003.png" not in {row["image"] for row in read_rows(report.csv_path)}
+    assert report.summary["skipped_messages"] == report.skipped_messages

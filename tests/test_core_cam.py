@@ -1,0 +1,193 @@
+"""Class maps out of the forward pass, their normalisation, masks, boxes, crops and overlays."""
+
+import numpy as np
+import pytest
+import torch
+
+from spml.cam import (
+    apply_masks,
+    cam_masks,
+    crop_to_box,
+    heatmap_overlay,
+    mask_box,
+    masked_display,
+    normalize_cams,
+    upsample_maps,
+)
+from spml.data.transforms import IMAGENET_MEAN
+from spml.model import create_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy shared CPU (no spin-waiting)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def t(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- maps = logits
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("arch,options,size", [("compact", {"width": 8}, 32), ("resnet18", {}, 64)])
+def test_pooled_class_maps_with_bias_equal_the_logits(arch, options, size, batch_size):
+    torch.manual_seed(0)
+    model = create_model(arch, 5, **options).eval()
+    with torch.no_grad():
+        model.head.bias.normal_()  # a non-zero bias, which the maps must include
+        output = model(torch.randn(batch_size, 3, size, size))
+        maps = model.class_maps(output)
+        assert maps.shape == (batch_size, 5, *output.features.shape[-2:])
+        assert torch.allclose(maps.mean(dim=(2, 3)), output.logits, atol=1e-5)
+        # one class per image: the same maps, picked
+        classes = torch.arange(batch_size) % 5
+        picked = model.class_maps(output, classes)
+        assert picked.shape == (batch_size, *output.features.shape[-2:])
+        assert torch.allclose(picked, maps[torch.arange(batch_size), classes], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def test_normalize_image_mode_by_hand():
+    cams = t([[[1.0, 3.0], [2.0, 5.0]], [[-2.0, -2.0], [0.0, -1.0]], [[4.0, 4.0], [4.0, 4.0]]])
+    out = normalize_cams(cams, "image")
+    assert torch.allclose(out[0], t([[0.0, 0.5], [0.25, 1.0]]))  # (x - 1) / 4
+    assert torch.allclose(out[1], t([[0.0, 0.0], [1.0, 0.5]]))  # (x + 2) / 2
+    assert torch.equal(out[2], torch.zeros(2, 2))  # a flat map: 0, not NaN
+    for i in range(2):
+        assert float(out[i].min()) == 0.0 and float(out[i].max()) == pytest.approx(1.0)
+
+
+def test_normalize_image_mode_ignores_the_rest_of_the_batch():
+    torch.manual_seed(0)
+    cams = torch.randn(4, 3, 5)
+    out = normalize_cams(cams, "image")
+    for i in range(4):
+        assert torch.allclose(out[i], normalize_cams(cams[i:i + 1], "image")[0])
+
+
+def test_normalize_reference_mode_by_hand():
+    # per pixel across the batch: (cam - min_b) / max_b(cam - min_b)
+    # pixel (0,0): 1, 3, 5 -> 0, 2, 4 -> / 4 -> 0, 0.5, 1
+    # pixel (0,1): 2, 2, 6 -> 0, 0, 4 -> / 4 -> 0, 0, 1
+    # pixel (1,0): 7, 7, 7 -> 0, 0, 0 -> equal everywhere: 0
+    # pixel (1,1): 0, -1, 3 -> 1, 0, 4 -> / 4 -> 0.25, 0, 1
+    cams = t([[[1.0, 2.0], [7.0, 0.0]], [[3.0, 2.0], [7.0, -1.0]], [[5.0, 6.0], [7.0, 3.0]]])
+    out = normalize_cams(cams, "reference")
+    expected = t([[[0.0, 0.0], [0.0, 0.25]], [[0.5, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 1.0]]])
+    assert torch.allclose(out, expected)
+    assert not torch.isnan(out).any()
+
+
+def test_normalize_reference_mode_batch_of_one_has_no_nan():
+    cams = t([[[1.0, 3.0], [2.0, 5.0]]])
+    out = normalize_cams(cams, "reference")
+    assert not torch.isnan(out).any()
+    assert torch.allclose(out, normalize_cams(cams, "image"))
+
+
+def test_normalize_refuses_bad_input():
+    with pytest.raises(ValueError, match="unknown CAM normalisation"):
+        normalize_cams(torch.zeros(2, 2, 2), "global")
+    with pytest.raises(ValueError, match="shape"):
+        normalize_cams(torch.zeros(2, 1, 2, 2))
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def test_upsample_is_bilinear_without_aligned_corners():
+    # 2 -> 4 columns: output centres fall at source x = -0.25 (clamped to 0), 0.25, 0.75, 1.25 (to 1)
+    out = upsample_maps(t([[[0.0, 1.0], [0.0, 1.0]]]), (4, 4))
+    assert out.shape == (1, 4, 4)
+    assert torch.allclose(out[0], t([[0.0, 0.25, 0.75, 1.0]] * 4))
+
+
+def test_cam_masks_threshold_strictly_and_upsample():
+    cams = t([[[1.0, 3.0], [2.0, 5.0]]])  # normalised: [[0, 0.5], [0.25, 1]]
+    assert cam_masks(cams, (2, 2), 0.4).tolist() == [[[False, True], [False, True]]]
+    assert cam_masks(cams, (2, 2), 0.5).tolist() == [[[False, False], [False, True]]]  # 0.5 is not > 0.5
+    columns = t([[[0.0, 1.0], [0.0, 1.0]]])
+    masks = cam_masks(columns, (4, 6), 0.5)
+    assert masks.shape == (1, 4, 6) and masks.dtype == torch.bool
+    assert masks[0].tolist() == [[False, False, False, True, True, True]] * 4
+    assert cam_masks(columns, (4, 4), 0.5)[0].tolist() == [[False, False, True, True]] * 4
+
+
+def test_cam_masks_without_observed_positive_are_all_ones():
+    torch.manual_seed(0)
+    cams = torch.randn(3, 4, 4)
+    has_positive = torch.tensor([True, False, True])
+    for mode in ("image", "reference"):
+        masks = cam_masks(cams, (8, 8), 0.5, mode, has_positive)
+        assert masks.shape == (3, 8, 8)
+        assert bool(masks[1].all())
+        # the others are the masks of a batch without image 1: it is left out of the batch statistics
+        alone = cam_masks(cams[[0, 2]], (8, 8), 0.5, mode)
+        assert torch.equal(masks[[0, 2]], alone)
+        assert not bool(masks[0].all())
+    none = cam_masks(cams, (8, 8), 0.5, "reference", torch.tensor([False, False, False]))
+    assert bool(none.all())
+
+
+def test_apply_masks_zeroes_outside_the_mask():
+    images = torch.arange(1, 25, dtype=torch.float32).view(2, 3, 2, 2)
+    masks = torch.tensor([[[True, False], [False, True]], [[False, False], [False, False]]])
+    out = apply_masks(images, masks)
+    assert out.dtype == images.dtype and out.shape == images.shape
+    assert out[0, :, 0, 0].tolist() == images[0, :, 0, 0].tolist()
+    assert out[0, :, 1, 1].tolist() == images[0, :, 1, 1].tolist()
+    assert out[0, :, 0, 1].tolist() == [0.0, 0.0, 0.0]
+    assert not out[1].any()
+
+
+# ----------------------------------------------------------------------------- boxes and crops
+
+
+def test_mask_box_and_crop_by_hand():
+    mask = np.zeros((4, 5), dtype=bool)
+    mask[1, 2] = mask[2, 3] = True
+    box = mask_box(mask)
+    assert box == (2, 1, 4, 3)  # left, top, right (exclusive), bottom (exclusive)
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    crop = crop_to_box(image, box)
+    assert crop.shape == (2, 2, 3)
+    assert np.array_equal(crop, image[1:3, 2:4])
+    full = np.ones((4, 5), dtype=bool)
+    assert mask_box(full) == (0, 0, 5, 4)
+    assert np.array_equal(crop_to_box(image, mask_box(full)), image)
+
+
+def test_empty_mask_has_no_box_and_an_empty_crop():
+    image = np.zeros((4, 5, 3), dtype=np.uint8)
+    assert mask_box(np.zeros((4, 5), dtype=bool)) is None
+    assert crop_to_box(image, None).shape == (0, 0, 3)
+
+
+def test_masked_display_fills_with_the_mean_colour():
+    image = np.full((2, 3, 3), 200, dtype=np.uint8)
+    mask = np.array([[True, False, True], [False, False, True]])
+    out = masked_display(image, mask)
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
+    assert out[0, 0].tolist() == [200, 200, 200]
+    assert out[0, 1].tolist() == [round(255 * m) for m in IMAGENET_MEAN]  # [124, 116, 104]
+    assert masked_display(image, mask, fill=(1, 2, 3))[1, 0].tolist() == [1, 2, 3]
+
+
+def test_heatmap_overlay_shape_dtype_and_alpha():
+    rng = np.random.RandomState(0)
+    image = rng.randint(0, 256, size=(7, 9, 3)).astype(np.uint8)
+    cam = rng.rand(7, 9).astype(np.float32)
+    out = heatmap_overlay(image, cam)
+    assert out.shape == (7, 9, 3) and out.dtype == np.uint8
+    assert np.array_equal(heatmap_overlay(image, cam, alpha=0.0), image)
+    hot = heatmap_overlay(np.zeros((1, 2, 3), np.uint8), np.array([[0.0, 1.0]]), alpha=1.0)
+    assert hot[0, 0, 2] > hot[0, 0, 0]  # JET: low is blue
+    assert hot[0, 1, 0] > hot[0, 1, 2]  # high is red

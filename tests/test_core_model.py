@@ -1,0 +1,80 @@
+"""create_model: shapes of every built-in architecture, errors, and the pretrained-weights failure."""
+
+import urllib.error
+
+import pytest
+import torch
+
+from spml.model import ARCHITECTURES, ModelOutput, create_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy shared CPU (no spin-waiting)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("arch,options,size,dim,grid", [
+    ("compact", {"width": 8}, 32, 64, 2),  # output stride 16, 8 * width channels
+    ("compact", {"width": 8}, 48, 64, 3),
+    ("resnet18", {}, 64, 512, 2),  # output stride 32
+    ("resnet50", {}, 64, 2048, 2),
+])
+def test_create_model_shapes(arch, options, size, dim, grid):
+    torch.manual_seed(0)
+    model = create_model(arch, 4, **options).eval()
+    assert model.arch == arch and model.num_classes == 4
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, size, size))
+    assert isinstance(output, ModelOutput)
+    assert output.logits.shape == (2, 4)
+    assert output.features.shape == (2, dim, grid, grid)
+    assert output.attention is None
+
+
+def test_arch_config_rebuilds_the_same_architecture():
+    model = create_model("compact", 3, width=8)
+    config = model.arch_config()
+    assert config == {"arch": "compact", "num_classes": 3, "width": 8}
+    rebuilt = create_model(config.pop("arch"), config.pop("num_classes"), **config)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_parameter_groups_split_backbone_and_head():
+    model = create_model("compact", 3, width=8)
+    backbone, head = model.parameter_groups()
+    assert {id(p) for p in head} == {id(model.head.weight), id(model.head.bias)}
+    assert {id(p) for p in backbone} | {id(p) for p in head} == {id(p) for p in model.parameters()}
+    assert not {id(p) for p in backbone} & {id(p) for p in head}
+
+
+def test_unknown_architecture_and_bad_options():
+    with pytest.raises(ValueError, match="unknown architecture 'vgg99'") as info:
+        create_model("vgg99", 3)
+    assert "resnet50" in str(info.value) and "compact" in str(info.value)
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("compact", 0)
+    with pytest.raises(ValueError, match="no-pretrained"):
+        create_model("compact", 3, pretrained=True)
+    assert {"compact", "resnet18", "resnet50"} <= set(ARCHITECTURES)
+
+
+def test_pretrained_weights_that_cannot_be_downloaded_give_a_clear_error(tmp_path, monkeypatch):
+    # torchvision downloads through torch.hub; HF_HUB_OFFLINE does not stop it, so the download is cut here.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: nothing to fall back on
+    attempts = []
+
+    def refuse(url, *args, **kwargs):
+        attempts.append(url)
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    with pytest.raises(RuntimeError) as info:
+        create_model("resnet18", 3, pretrained=True)
+    message = str(info.value)
+    assert "resnet18" in message and "--no-pretrained" in message and "URLError" in message
+    assert attempts and attempts[0].endswith(".pth")
+    assert not list(tmp_path.rglob("*.pth"))

@@ -1,0 +1,186 @@
+"""The rejection rule and its running thresholds, on hand-built logits and a hand-rolled EMA."""
+
+import json
+
+import pytest
+import torch
+
+from spml.rejection import RunningThresholds, logit_gap, rejection_mask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy shared CPU (no spin-waiting)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def t(values, dtype=torch.float32) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype)
+
+
+# gaps |z - zM|: [[7.0, 2.0, 1.0, 2.0], [2.0, 3.0, 0.0, 3.0]]
+LOGITS = [[2.0, 1.0, 0.5, -1.0], [0.3, 3.0, 2.0, 1.0]]
+MASKED = [[-5.0, -1.0, -0.5, -3.0], [2.3, 0.0, 2.0, 4.0]]
+OBSERVED = [[1, 0, 0, 0], [0, -1, 0, 0]]
+GAP_THRESHOLD = 1.0
+CLASS_AVERAGE = [0.3, 0.5, 0.0, 0.0]
+# Entry by entry:
+# (0,0) observed positive: never, whatever its gap (7) and logit.
+# (0,1) gap 2 > 1 and z 1.0 > 0.5                 -> rejected
+# (0,2) gap 1 == T_gap (strict >)                   -> kept
+# (0,3) gap 2 > 1 but z -1 <= 0                     -> kept
+# (1,0) gap 2 > 1 but z 0.3 == A_0 (strict >)      -> kept
+# (1,1) known negative (-1): never, gap 3 and z 3 > 0.5
+# (1,2) gap 0                                       -> kept
+# (1,3) gap 3 > 1 and z 1 > 0                       -> rejected
+EXPECTED = [[False, True, False, False], [False, False, False, True]]
+
+
+def test_logit_gap_is_absolute_difference():
+    assert torch.allclose(logit_gap(t(LOGITS), t(MASKED)), t([[7.0, 2.0, 1.0, 2.0], [2.0, 3.0, 0.0, 3.0]]))
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_rejection_mask_by_hand(as_tensor):
+    threshold = torch.tensor(GAP_THRESHOLD) if as_tensor else GAP_THRESHOLD
+    mask = rejection_mask(t(LOGITS), t(MASKED), t(OBSERVED, torch.long), threshold, t(CLASS_AVERAGE))
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == EXPECTED
+
+
+def test_rejection_mask_never_touches_observed_entries():
+    # Thresholds every entry passes: exactly the unknown entries are rejected.
+    observed = t(OBSERVED, torch.long)
+    mask = rejection_mask(t(LOGITS), t(MASKED) + 10.0, observed, -1e9, torch.full((4,), -1e9))
+    assert torch.equal(mask, observed == 0)
+
+
+def test_rejection_mask_accepts_a_positive_only_matrix():
+    observed = t([[1, 0, 0, 0], [0, 0, 0, 0]], torch.long)  # {0, 1}: the known negative is now unknown
+    mask = rejection_mask(t(LOGITS), t(MASKED), observed, GAP_THRESHOLD, t(CLASS_AVERAGE))
+    assert mask.tolist() == [[False, True, False, False], [False, True, False, True]]
+
+
+def test_rejection_mask_gap_and_average_both_required():
+    logits = t([[2.0, 2.0, -2.0]])
+    masked = t([[2.0, 0.0, 0.0]])  # gaps 0, 2, 2
+    observed = t([[0, 0, 0]], torch.long)
+    average = t([0.0, 0.0, 0.0])
+    assert rejection_mask(logits, masked, observed, 1.0, average).tolist() == [[False, True, False]]
+
+
+# ----------------------------------------------------------------------------- running thresholds
+
+# Three batches, worked with momentum 0.5 from 0:
+# batch 1: positive gaps 1 and 2 -> mean 1.5;       T = 0.5*0 + 0.5*1.5        = 0.75
+#          batch mean logits [1.5, 1.5, -0.5];        A = [0.75, 0.75, -0.25]
+# batch 2: positive gap 3;                           T = 0.5*0.75 + 0.5*3       = 1.875
+#          logits [0, 4, 2];                          A = [0.375, 2.375, 0.875]
+# batch 3: no positive -> T unchanged                T = 1.875
+#          logits [2, 2, 2];                          A = [1.1875, 2.1875, 1.4375]
+BATCHES = [
+    ([[2.0, 0.0, -1.0], [1.0, 3.0, 0.0]], [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]], [[1, 0, 0], [0, 1, -1]]),
+    ([[0.0, 4.0, 2.0]], [[3.0, 4.0, 2.0]], [[1, 0, 0]]),
+    ([[2.0, 2.0, 2.0]], [[0.0, 0.0, 0.0]], [[0, -1, 0]]),
+]
+EXPECTED_GAP = [0.75, 1.875, 1.875]
+EXPECTED_AVERAGE = [[0.75, 0.75, -0.25], [0.375, 2.375, 0.875], [1.1875, 2.1875, 1.4375]]
+
+
+def _feed(thresholds: RunningThresholds, batch) -> RunningThresholds:
+    logits, masked, observed = batch
+    return thresholds.update(t(logits), t(masked), t(observed, torch.long))
+
+
+def test_running_thresholds_start_at_zero():
+    thresholds = RunningThresholds(3)
+    assert thresholds.momentum == 0.999 and not thresholds.bias_correction
+    assert thresholds.gap_threshold == 0.0
+    assert thresholds.class_average.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_running_thresholds_momentum_half_by_hand():
+    thresholds = RunningThresholds(3, momentum=0.5)
+    for batch, gap, average in zip(BATCHES, EXPECTED_GAP, EXPECTED_AVERAGE, strict=True):
+        assert _feed(thresholds, batch) is thresholds
+        assert thresholds.gap_threshold == pytest.approx(gap)
+        assert isinstance(thresholds.gap_threshold, float)
+        assert thresholds.class_average.tolist() == pytest.approx(average)
+
+
+def test_running_thresholds_bias_correction_by_hand():
+    thresholds = RunningThresholds(3, momentum=0.5, bias_correction=True)
+    assert thresholds.gap_threshold == 0.0  # no step yet: nothing to divide
+    _feed(thresholds, BATCHES[0])
+    assert thresholds.gap_threshold == pytest.approx(0.75 / (1 - 0.5))
+    assert thresholds.class_average.tolist() == pytest.approx([v / 0.5 for v in EXPECTED_AVERAGE[0]])
+    _feed(thresholds, BATCHES[1])
+    _feed(thresholds, BATCHES[2])
+    # T_gap saw 2 batches with positives, A_c all 3.
+    assert thresholds.gap_threshold == pytest.approx(1.875 / (1 - 0.5**2))
+    assert thresholds.class_average.tolist() == pytest.approx([v / (1 - 0.5**3) for v in EXPECTED_AVERAGE[2]])
+
+
+def test_running_thresholds_bias_correction_without_any_positive_stays_zero():
+    thresholds = RunningThresholds(3, momentum=0.5, bias_correction=True)
+    _feed(thresholds, BATCHES[2])
+    assert thresholds.gap_threshold == 0.0
+    assert thresholds.class_average.tolist() == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_running_thresholds_default_momentum_against_hand_rolled_ema():
+    generator = torch.Generator().manual_seed(0)
+    thresholds = RunningThresholds(4)
+    gap, average = 0.0, [0.0] * 4
+    for step in range(30):
+        logits = torch.randn(5, 4, generator=generator)
+        masked = torch.randn(5, 4, generator=generator)
+        observed = torch.zeros(5, 4, dtype=torch.long)
+        if step % 7 != 3:  # every 7th batch (from the 4th) has no positive at all
+            for i in range(5):
+                observed[i, (i + step) % 4] = 1
+            observed[0, (step + 1) % 4] = -1
+        thresholds.update(logits, masked, observed)
+        positives = [(i, c) for i in range(5) for c in range(4) if observed[i, c] == 1]
+        if positives:
+            batch_gap = sum(abs(float(logits[i, c]) - float(masked[i, c])) for i, c in positives) / len(positives)
+            gap = 0.999 * gap + 0.001 * batch_gap
+        average = [0.999 * a + 0.001 * sum(float(logits[i, c]) for i in range(5)) / 5 for c, a in enumerate(average)]
+        assert thresholds.gap_threshold == pytest.approx(gap, rel=1e-5)
+        assert thresholds.class_average.tolist() == pytest.approx(average, rel=1e-5, abs=1e-9)
+    assert gap > 0  # the test did move T_gap
+
+
+def test_running_thresholds_state_dict_round_trip_through_json():
+    original = RunningThresholds(3, momentum=0.5, bias_correction=True)
+    for batch in BATCHES[:2]:
+        _feed(original, batch)
+    state = json.loads(json.dumps(original.state_dict()))
+    assert state["gap_threshold"] == pytest.approx(1.875 / 0.75)
+    assert state["raw_gap"] == pytest.approx(1.875)
+    assert state["gap_steps"] == 2 and state["average_steps"] == 2
+    restored = RunningThresholds.from_state_dict(state)
+    assert restored.momentum == 0.5 and restored.bias_correction
+    assert restored.gap_threshold == pytest.approx(original.gap_threshold)
+    assert torch.allclose(restored.class_average, original.class_average)
+    # Both carry on identically, step counts (used by the bias correction) included.
+    _feed(original, BATCHES[2])
+    _feed(restored, BATCHES[2])
+    assert restored.gap_threshold == pytest.approx(original.gap_threshold)
+    assert torch.allclose(restored.class_average, original.class_average)
+    assert restored.state_dict()["gap_steps"] == original.state_dict()["gap_steps"] == 2
+    assert restored.state_dict()["average_steps"] == original.state_dict()["average_steps"] == 3
+    # load_state_dict into an existing object of another momentum takes the stored one
+    other = RunningThresholds(3).load_state_dict(state)
+    assert other.momentum == 0.5 and other.gap_threshold == pytest.approx(2.5)
+
+
+def test_running_thresholds_refuse_bad_input():
+    with pytest.raises(ValueError, match="momentum"):
+        RunningThresholds(3, momentum=1.0)
+    state = RunningThresholds(3).state_dict()
+    with pytest.raises(ValueError, match="3 classes"):
+        RunningThresholds(4).load_state_dict(state)

@@ -1,0 +1,95 @@
+"""The synthetic world: deterministic, multi-object, labels that match what is drawn."""
+
+import colorsys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spml.data import SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset, render_scene
+from spml.data.synthetic import _CLASS_TABLE, HUE_JITTER
+
+
+def test_classes():
+    assert len(SYNTHETIC_CLASSES) >= 8 and len(set(SYNTHETIC_CLASSES)) == len(SYNTHETIC_CLASSES)
+    hues = sorted(hue for hue, _ in _CLASS_TABLE.values())
+    gaps = np.diff(hues + [hues[0] + 360])
+    assert gaps.min() > 4 * HUE_JITTER  # the hue bands do not touch
+    assert len({shape for _, shape in _CLASS_TABLE.values()}) == len(SYNTHETIC_CLASSES)
+
+
+def test_determinism():
+    a, labels_a, objects_a = render_scene(3, "train", 17)
+    b, labels_b, objects_b = render_scene(3, "train", 17)
+    assert a.tobytes() == b.tobytes() and labels_a == labels_b and objects_a == objects_b
+    assert render_scene(3, "train", 18)[0].tobytes() != a.tobytes()
+    assert render_scene(3, "val", 17)[0].tobytes() != a.tobytes()
+    assert render_scene(4, "train", 17)[0].tobytes() != a.tobytes()
+    assert render_scene(3, "train", 17, image_size=64)[0].size == (64, 64)
+
+
+def test_objects_per_image_and_labels():
+    counts = []
+    for index in range(150):
+        image, labels, objects = render_scene(0, "train", index)
+        assert image.size == (128, 128) and image.mode == "RGB"
+        assert len(labels) >= 1
+        names = [name for name, _ in objects]
+        assert len(set(names)) == len(names)  # one object per class at most
+        assert labels == [c for c in SYNTHETIC_CLASSES if c in names]  # class order
+        counts.append(len(objects))
+    assert np.mean(counts) >= 2.0 and max(counts) >= 3
+
+
+def _hue_degrees(pixels):
+    return np.array([colorsys.rgb_to_hsv(*(p / 255.0)) for p in pixels.reshape(-1, 3)])
+
+
+def test_boxes_hold_their_object():
+    for index in range(30):
+        image, _, objects = render_scene(1, "test", index)
+        pixels = np.asarray(image).astype(np.float64)
+        for name, (x0, y0, x1, y1) in objects:
+            assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+            hsv = _hue_degrees(pixels[y0:y1, x0:x1])
+            centre = _CLASS_TABLE[name][0]
+            distance = np.abs((hsv[:, 0] * 360 - centre + 180) % 360 - 180)
+            own = (distance <= HUE_JITTER + 8) & (hsv[:, 1] > 0.5)
+            # The object covers a good part of its box (thin shapes like the bar and ring less so).
+            assert own.mean() > 0.2, (index, name)
+
+
+def test_make_dataset_and_load(tmp_path):
+    out = make_synthetic_dataset(
+        tmp_path / "a", seed=5, train=12, val=4, test=3, image_size=32, progress=False
+    )
+    again = make_synthetic_dataset(
+        tmp_path / "b", seed=5, train=12, val=4, test=3, image_size=32, progress=False
+    )
+    for name in ("classes.txt", "train.csv", "val.csv", "test.csv", "images/train/000011.png"):
+        assert (out / name).read_bytes() == (again / name).read_bytes()
+    assert "positive" not in (out / "train.csv").read_text().splitlines()[0]
+    ds = load_dataset(out)
+    assert ds.classes == SYNTHETIC_CLASSES
+    assert [len(ds.split(s)) for s in ("train", "val", "test")] == [12, 4, 3]
+    train = ds.split("train")
+    assert (train.observed.sum(1) == 1).all() and train.has_hidden_labels
+    image, labels, _ = render_scene(5, "val", 2, image_size=32)
+    val = ds.split("val")
+    assert [c for c, v in zip(SYNTHETIC_CLASSES, val.labels[2], strict=True) if v] == labels
+    with Image.open(val.images[2]) as stored:
+        assert np.asarray(image).tobytes() == np.asarray(stored).tobytes()
+
+
+def test_make_dataset_refuses_another_data_set_before_rendering(tmp_path):
+    out = make_synthetic_dataset(
+        tmp_path / "a", seed=1, train=3, val=0, test=0, image_size=32, progress=False
+    )
+    assert not (out / "val.csv").exists()
+    before = (out / "images/train/000000.png").read_bytes()
+    make_synthetic_dataset(out, seed=1, train=3, val=0, test=0, image_size=32, progress=False)  # same: fine
+    with pytest.raises(FileExistsError):
+        make_synthetic_dataset(out, seed=2, train=3, val=0, test=0, image_size=32, progress=False)
+    assert (out / "images/train/000000.png").read_bytes() == before
+    with pytest.raises(ValueError):
+        make_synthetic_dataset(tmp_path / "c", train=0, progress=False)

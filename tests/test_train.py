@@ -1,0 +1,200 @@
+"""The trainer end to end on a tiny synthetic world: every loss, resume after a kill, DDP, evaluate,
+push, bench, and the errors a user meets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from spml import load_model
+from spml.data import make_synthetic_dataset
+from spml.losses import LOSS_NAMES
+from train.__main__ import main as train_main
+from train.config import TrainConfig, load_config
+from train.engine import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("world") / "data", seed=3, train=24, val=12, test=12,
+                                  image_size=32, progress=False)
+
+
+def tiny_config(data: Path, out: Path, loss: str = "calr", **changes) -> TrainConfig:
+    values = dict(data=str(data), out=str(out), loss=loss, arch="compact", arch_options={"width": 8},
+                  pretrained=False, epochs=2, batch_size=8, image_size=32, lr=1e-3, head_lr_multiplier=1.0,
+                  warmup_epochs=1, device="cpu", workers=0, seed=1, loss_options={"bias_correction": True}
+                  if loss == "calr" else {})
+    values.update(changes)
+    return TrainConfig(**values).validate()
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_every_loss_trains_and_writes_a_run(tiny_world, tmp_path, loss):
+    summary = fit(tiny_config(tiny_world, tmp_path / "run", loss))
+    run = tmp_path / "run"
+    for key in ("best_val_map", "test_map", "loss", "arch", "epochs", "seed"):
+        assert key in summary
+    assert summary["loss"] == loss and summary["epochs"] == 2
+    assert 0.0 <= summary["test_map"] <= 100.0
+    assert json.loads((run / "summary.json").read_text()) == summary
+    rows = read_metrics(run)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    model = load_model(run / "best")
+    assert model.training["loss"] == loss and model.training["test_map"] == pytest.approx(summary["test_map"])
+    assert (model.thresholds is not None) == (loss == "calr")
+    if loss == "calr":
+        # Warm-up epoch 1 rejects nothing; with full labels known the precision column is filled after.
+        assert rows[0]["rejected"] == "0"
+        assert int(rows[1]["rejected"]) > 0 and rows[1]["rejection_precision"] != ""
+        assert 0.0 <= float(rows[1]["rejection_precision"]) <= 1.0
+
+
+def test_resolved_config_is_written_and_a_finished_run_is_not_retrained(tiny_world, tmp_path):
+    config = tiny_config(tiny_world, tmp_path / "run", "an", epochs=1)
+    first = fit(config)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "loss: an" in saved and "arch: compact" in saved
+    weights = (tmp_path / "run" / "best" / "model.safetensors").stat().st_mtime_ns
+    assert fit(config) == first
+    assert (tmp_path / "run" / "best" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_resume_with_other_settings_is_refused(tiny_world, tmp_path):
+    fit(tiny_config(tiny_world, tmp_path / "run", "an", epochs=1))
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(ValueError, match="lr"):
+        fit(tiny_config(tiny_world, tmp_path / "run", "an", epochs=1, lr=5e-4))
+
+
+def _fit_command(data: Path, out: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "train", "fit", "--data", str(data), "--out", str(out), "--loss", "calr",
+            "--arch", "compact", "--no-pretrained", "--epochs", str(epochs), "--batch-size", "8",
+            "--image-size", "32", "--lr", "0.001", "--warmup-epochs", "1", "--device", "cpu", "--workers", "0",
+            "--seed", "5"]
+
+
+def test_a_killed_run_resumes_to_the_same_result(tiny_world, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_fit_command(tiny_world, reference, 3), check=True, env=env, capture_output=True, cwd=ROOT)
+
+    process = subprocess.Popen(_fit_command(tiny_world, killed, 3), env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (killed / "metrics.csv").exists():  # written right after state.pt
+        assert process.poll() is None, "the run ended before it saved its first epoch"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists()
+    done_before = len(read_metrics(killed))
+    assert 1 <= done_before < 3
+
+    result = subprocess.run(_fit_command(tiny_world, killed, 3), env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {killed} after epoch {done_before}" in result.stderr
+    # Seeding per epoch makes the resumed run the same run: same metrics, same weights.
+    strip = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in read_metrics(killed)]
+    expected = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
+                for row in read_metrics(reference)]
+    assert strip == expected
+    ours, theirs = load_file(killed / "best" / "model.safetensors"), load_file(reference / "best" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(ours[name].equal(theirs[name]) for name in ours)
+
+
+def test_ddp_with_two_processes_on_gloo(tiny_world, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+               "-m", "train", "fit", "--data", str(tiny_world), "--out", str(out), "--loss", "calr",
+               "--arch", "compact", "--no-pretrained", "--epochs", "2", "--batch-size", "4", "--image-size", "32",
+               "--warmup-epochs", "1", "--device", "cpu", "--workers", "0"]
+    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 2 and 0.0 <= summary["test_map"] <= 100.0
+    rows = read_metrics(out)
+    assert len(rows) == 2 and int(rows[1]["rejected"]) > 0
+    # Thresholds averaged over the global batch: the checkpoint holds one set of them.
+    assert load_model(out / "best").thresholds is not None
+
+
+def test_evaluate_matches_the_summary(tiny_world, tmp_path, capsys):
+    summary = fit(tiny_config(tiny_world, tmp_path / "run", "an", epochs=1))
+    code = train_main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best"), "--data", str(tiny_world),
+                       "--split", "test", "--json", "--device", "cpu", "--workers", "0"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["map"] == pytest.approx(summary["test_map"], abs=1e-6)
+    assert result["images"] == 12
+
+
+def test_push_writes_a_model_card_to_a_folder(tiny_world, tmp_path, capsys):
+    summary = fit(tiny_config(tiny_world, tmp_path / "run", "calr", epochs=2))
+    folder = tmp_path / "upload"
+    code = train_main(["push", "--checkpoint", str(tmp_path / "run" / "best"), "--repo", "someone/spml-demo",
+                       "--folder", str(folder)])
+    assert code == 0
+    card = (folder / "README.md").read_text()
+    assert "someone/spml-demo" in card and f"{summary['test_map']:.2f}" in card and "calr" in card
+    assert load_model(folder).classes == load_model(tmp_path / "run" / "best").classes
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--loss", "nope"], "unknown loss 'nope'"),
+    (["--arch", "vgg"], "unknown architecture 'vgg'"),
+    (["--device", "cuda"], "no CUDA GPU"),
+])
+def test_clear_errors(tiny_world, tmp_path, capsys, argv, message, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    base = ["fit", "--data", str(tiny_world), "--out", str(tmp_path / "run"), "--arch", "compact",
+            "--no-pretrained", "--epochs", "1", "--image-size", "32", "--workers", "0"]
+    assert train_main(base + argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_wrong_data_set_is_named(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert train_main(["fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"),
+                       "--arch", "compact", "--no-pretrained", "--workers", "0"]) == 2
+    assert "classes.txt" in capsys.readouterr().err
+
+
+def test_recipes_load_and_name_real_options():
+    recipes = sorted((ROOT / "train" / "configs").glob("*.yaml"))
+    assert len(recipes) >= 20
+    for recipe in recipes:
+        config = load_config(recipe, {})
+        assert config.data and config.out
+        assert f"train/configs/{recipe.name}" in recipe.read_text()
+
+
+def test_bench_json_has_the_figures(capsys):
+    code = train_main(["bench", "--arch", "compact", "--image-size", "32", "--batch-size", "2", "--steps", "1",
+                       "--warmup", "0", "--device", "cpu", "--json"])
+    assert code == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("an_step_s", "calr_step_s", "reference_step_s", "calr_over_an", "reference_over_calr", "device",
+                "arch", "batch_size", "image_size"):
+        assert key in figures
+    assert figures["calr_over_an"] == pytest.approx(figures["calr_step_s"] / figures["an_step_s"])

@@ -1,0 +1,1 @@
+"""Training: command line, recipes, loop, data set preparation, benchmark."""

@@ -1,0 +1,138 @@
+"""``python -m train {prepare,fit,evaluate,bench,push}``: the training side of the project."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from train.prepare import add_prepare_arguments, run_prepare
+
+
+def _add_fit(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("fit", help="train a model (also under torchrun for several GPUs)")
+    parser.add_argument("--config", help="a recipe YAML (train/configs/); flags given here override it")
+    parser.add_argument("--data", help="prepared data set folder (classes.txt, train.csv, ...)")
+    parser.add_argument("--loss", help="full, an, an-ls, wan, epr, role, ll-r, ll-ct, ll-cp or calr")
+    parser.add_argument("--arch", help="compact, resnet18/34/50/101 or q2l")
+    parser.add_argument("--out", help="run directory; an interrupted run resumes from it")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--warmup-epochs", type=int, help="CALR epochs before rejection starts")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                        help="start from ImageNet weights")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bfloat16 autocast (default: on for CUDA)")
+    parser.add_argument("--device", help="auto, cpu or cuda")
+    parser.add_argument("--workers", type=int, help="data loader processes")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
+    parser.add_argument("--skip-bad", action="store_true", default=None,
+                        help="skip bad rows and unreadable images (counted in the log) instead of stopping")
+    parser.set_defaults(func=_run_fit)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from train.config import load_config
+    from train.engine import export_run, fit
+
+    overrides = {key: getattr(args, key) for key in (
+        "data", "loss", "arch", "out", "epochs", "batch_size", "image_size", "lr", "warmup_epochs", "pretrained",
+        "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad")}
+    config = load_config(args.config, overrides)
+    if config.synthetic is not None and not (Path(config.data) / "classes.txt").is_file():
+        from spml.data import make_synthetic_dataset
+
+        logging.getLogger("train").info("making the synthetic world at %s", config.data)
+        make_synthetic_dataset(config.data, **config.synthetic)
+    summary = fit(config)
+    if config.export:
+        export_run(Path(config.out), Path(config.export))
+    print(json.dumps(summary))
+    return 0
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="clean-label mAP of a checkpoint on a split")
+    parser.add_argument("--checkpoint", required=True, help="directory or hf://OWNER/NAME[@REV]")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from spml.checkpoint import load_model
+    from spml.data import load_dataset
+    from train.config import TrainConfig
+    from train.engine import evaluate, resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device=device)
+    dataset = load_dataset(args.data)
+    if dataset.classes != model.classes:
+        raise ValueError(f"the data set's classes ({len(dataset.classes)}) differ from the checkpoint's "
+                         f"({len(model.classes)}); evaluate on the data set the model was trained for")
+    config = TrainConfig(data=args.data, out="-", image_size=model.image_size, batch_size=args.batch_size,
+                         workers=args.workers, amp=device.type == "cuda", channels_last=False)
+    split = dataset.split(args.split)
+    value = evaluate(model.network, split, config, device)
+    result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+              "images": len(split.images), "map": value}
+    print(json.dumps(result) if args.json else f"{args.split} mAP {value:.2f} on {len(split.images)} images")
+    return 0
+
+
+def _add_push(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("push", help="upload a checkpoint to the Hugging Face Hub with a model card")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--repo", required=True, help="OWNER/NAME on the Hub")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--folder", help="write what would be uploaded to this folder and upload nothing")
+    parser.set_defaults(func=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from train.push import push
+
+    print(push(args.checkpoint, args.repo, private=args.private, folder=args.folder))
+    return 0
+
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    from train.bench import add_bench_arguments
+
+    parser = subparsers.add_parser("bench", help="time one training step of AN, CALR and reference-style CALR")
+    add_bench_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_prepare_arguments(subparsers).set_defaults(func=run_prepare)
+    _add_fit(subparsers)
+    _add_evaluate(subparsers)
+    _add_push(subparsers)
+    _add_bench(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The resolved configuration of a training run: recipe file, then command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spml.cam import CAM_NORMS
+from spml.losses import LOSS_NAMES
+from spml.model import ARCHITECTURES
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    out: str = ""
+    loss: str = "calr"
+    arch: str = "resnet50"
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True
+    epochs: int = 25
+    batch_size: int = 16
+    image_size: int = 448
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-5
+    head_lr_multiplier: float = 10.0
+    weight_decay: float = 0.0
+    schedule: str = "none"  # none | onecycle (stepped per batch)
+    warmup_fraction: float = 0.2  # one-cycle warm-up share of all steps
+    warmup_epochs: int = 3  # CALR: epochs without rejection
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    expected_positives: float | None = None  # EPR/ROLE; default: mean labels per training image
+    cam_threshold: float = 0.5
+    cam_norm: str = "image"
+    device: str = "auto"
+    amp: bool | None = None  # None: on for CUDA (bfloat16), off on the CPU
+    channels_last: bool | None = None  # None: on for CUDA
+    workers: int = 4
+    seed: int = 0
+    eval_batch_size: int | None = None
+    max_steps_per_epoch: int | None = None  # for smoke runs and benchmarks
+    skip_bad: bool = False
+    log_every: int = 10
+    # Make the synthetic world at `data` first when it is missing: {seed, train, val, test, image_size}.
+    synthetic: dict[str, Any] | None = None
+    export: str | None = None  # copy the best checkpoint and summary here when training ends
+
+    def validate(self) -> TrainConfig:
+        if not self.data:
+            raise ValueError("no data set: give --data DATASET (a folder with classes.txt and train.csv)")
+        if not self.out:
+            raise ValueError("no run directory: give --out RUN")
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adamw")
+        if self.schedule not in ("none", "onecycle"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose none or onecycle")
+        if self.cam_norm not in CAM_NORMS:
+            raise ValueError(f"unknown cam_norm {self.cam_norm!r}; choose one of {', '.join(CAM_NORMS)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Recipe values from the YAML file ``path`` (if any), then every override that is not None."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of option: value")
+        unknown = sorted(set(loaded) - _FIELDS)
+        if unknown:
+            raise ValueError(f"config file {path}: unknown option(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(_FIELDS))}")
+        values.update(loaded)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return TrainConfig(**values).validate()

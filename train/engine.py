@@ -1,0 +1,442 @@
+"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit`` (resumable, DDP-aware)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from spml.checkpoint import LoadedModel, save_checkpoint
+from spml.data import ImageDataset, ImageLoadError, Split, eval_transform, load_dataset, strong_transform, weak_transform
+from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from spml.losses import CALR, Objective, StepResult, create_objective
+from spml.metrics import mean_average_precision
+from spml.model import SPMLModel, create_model
+from train import distributed
+from train.config import TrainConfig
+
+log = logging.getLogger("train")
+STATE_NAME = "state.pt"
+# Options that may differ between the run that started and the command that resumes it.
+_RESUMABLE_DIFFERENCES = {"out", "device", "workers", "log_every", "eval_batch_size"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} was asked for, but no CUDA GPU is available here "
+                           "(torch.cuda.is_available() is False); use --device cpu or auto")
+    return torch.device(name)
+
+
+class SkipBrokenImages(torch.utils.data.Dataset):
+    """Wraps a data set so that an image that fails to decode yields None (dropped by the collate)."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        try:
+            return self.dataset[index]
+        except ImageLoadError as error:
+            log.warning("skipping a broken image: %s", error)
+            return None
+
+
+def collate_skipping_none(items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor] | None:
+    kept = [item for item in items if item is not None]
+    return torch.utils.data.default_collate(kept) if kept else None
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    parts: dict[str, float]
+    images: int
+    seconds: float
+    rejected: int
+    rejected_true: int | None  # rejected entries that are real labels (None: full labels unknown)
+    unknown_entries: int
+
+    @property
+    def rejection_precision(self) -> float | None:
+        if self.rejected_true is None or self.rejected == 0:
+            return None
+        return self.rejected_true / self.rejected
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+    moved = {}
+    for key, value in batch.items():
+        value = value.to(device, non_blocking=True)
+        if channels_last and value.dim() == 4:
+            value = value.contiguous(memory_format=torch.channels_last)
+        moved[key] = value
+    return moved
+
+
+def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, epoch: int, device: torch.device,
+                    config: TrainConfig, info: distributed.DistInfo, full_labels_known: bool) -> EpochStats:
+    model.train()
+    objective.train()
+    amp = bool(config.amp)
+    channels_last = bool(config.channels_last)
+    totals = torch.zeros(4, device=device)  # loss sum, batches, rejected, rejected true positives
+    part_totals: dict[str, torch.Tensor] = {}
+    unknown = torch.zeros((), device=device)
+    images = 0
+    start = time.perf_counter()
+    steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not info.is_main,
+               dynamic_ncols=True, leave=False)
+    objective_parameters = list(objective.parameters())
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        if batch is None:  # every image of the batch was broken and skipped
+            bar.update(1)
+            continue
+        batch = _to_device(batch, device, channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            result: StepResult = objective.step(model, batch, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.float().backward()
+        distributed.average_gradients(info, objective_parameters)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        totals[0] += result.loss.detach().float()
+        totals[1] += 1
+        unknown += (batch["observed"] == 0).sum()
+        if result.rejected is not None:
+            totals[2] += result.rejected.sum()
+            totals[3] += (result.rejected & (batch["labels"] > 0)).sum()
+        for name, value in result.parts.items():
+            part_totals[name] = part_totals.get(name, torch.zeros((), device=device)) + value.float()
+        images += batch["image"].shape[0]
+        bar.update(1)
+        if info.is_main and (step % config.log_every == 0 or step == steps - 1):
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{float(totals[0] / totals[1].clamp_min(1)):.4f}",
+                            img_s=f"{images * info.world_size / max(elapsed, 1e-9):.1f}")
+    bar.close()
+    names = sorted(part_totals)
+    packed = torch.cat([totals, unknown[None], torch.stack([part_totals[n] for n in names]) if names
+                        else torch.zeros(0, device=device)])
+    packed = distributed.all_reduce_sum(info, packed)
+    batches = max(float(packed[1]), 1.0)
+    images_seen = int(distributed.all_reduce_sum(info, torch.tensor([images], device=device))[0])
+    return EpochStats(
+        loss=float(packed[0]) / batches,
+        parts={name: float(packed[5 + i]) / batches for i, name in enumerate(names)},
+        images=images_seen,
+        seconds=time.perf_counter() - start,
+        rejected=int(packed[2]),
+        rejected_true=int(packed[3]) if full_labels_known else None,
+        unknown_entries=int(packed[4]),
+    )
+
+
+@torch.inference_mode()
+def predict(network: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
+            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores and full labels of every image the loader yields, in loader order."""
+    network.eval()
+    scores, labels = [], []
+    for batch in loader:
+        if batch is None:
+            continue
+        images = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = network(images).logits
+        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+        labels.append(batch["labels"].numpy())
+    if not scores:
+        return np.zeros((0, 0)), np.zeros((0, 0))
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def evaluate(network: nn.Module, split: Split, config: TrainConfig, device: torch.device,
+             info: distributed.DistInfo = distributed.DistInfo()) -> float:
+    """Clean-label mAP of ``network`` on ``split``; under DDP each rank scores a shard."""
+    dataset = ImageDataset(split, eval_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD))
+    indices = list(range(info.rank, len(dataset), info.world_size))
+    source = SkipBrokenImages(dataset) if config.skip_bad else dataset
+    loader = DataLoader(Subset(source, indices), batch_size=config.eval_batch_size or config.batch_size,
+                        shuffle=False, num_workers=config.workers, collate_fn=collate_skipping_none,
+                        pin_memory=device.type == "cuda")
+    scores, labels = predict(network, loader, device, bool(config.amp), bool(config.channels_last))
+    shards = distributed.all_gather_objects(info, (scores, labels))
+    all_scores = np.concatenate([s for s, _ in shards if s.size])
+    all_labels = np.concatenate([t for _, t in shards if t.size])
+    return mean_average_precision(all_scores, all_labels)
+
+
+def build_optimizer(config: TrainConfig, network: SPMLModel, objective: Objective) -> torch.optim.Optimizer:
+    backbone, head = network.parameter_groups()
+    head_lr = config.lr * config.head_lr_multiplier
+    groups = [{"params": [p for p in backbone if p.requires_grad], "lr": config.lr},
+              {"params": [p for p in head if p.requires_grad] + list(objective.parameters()), "lr": head_lr}]
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    if config.schedule == "none":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=max(1, config.epochs * steps_per_epoch), pct_start=config.warmup_fraction)
+
+
+def build_objective(config: TrainConfig, train_split: Split) -> Objective:
+    options = dict(config.loss_options)
+    if config.loss == "calr":
+        options.setdefault("cam_threshold", config.cam_threshold)
+        options.setdefault("cam_norm", config.cam_norm)
+        options.setdefault("warmup_epochs", config.warmup_epochs)
+    expected = config.expected_positives
+    if expected is None and config.loss in ("epr", "role"):
+        expected = float(train_split.labels.sum(axis=1).mean())
+        log.info("expected positives per image not given: using the training labels' mean, %.2f", expected)
+    return create_objective(config.loss, len(train_split.labels[0]) if len(train_split.labels) else 0,
+                            train_observed=torch.from_numpy(train_split.observed.astype(np.int8)),
+                            expected_positives=expected, **options)
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs besides the weights: where it stopped and how it went so far."""
+
+    epoch: int = 0
+    best_val_map: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    columns = list(history[0])
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({key: ("" if row.get(key) is None else row[key]) for key in columns})
+    os.replace(temporary, path)
+
+
+def _check_same_run(run: Path, config: TrainConfig) -> None:
+    saved_path = run / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = config.to_dict()
+    differences = sorted(key for key in current if key not in _RESUMABLE_DIFFERENCES
+                         and saved.get(key) != current[key])
+    if differences:
+        detail = ", ".join(f"{key}: {saved.get(key)!r} -> {current[key]!r}" for key in differences)
+        raise ValueError(f"{run} holds a run with other settings ({detail}); resume it with the same "
+                         "settings or choose another --out")
+
+
+def _training_summary(config: TrainConfig, state: RunState, dataset_name: str) -> dict[str, Any]:
+    return {"dataset": dataset_name, "loss": config.loss, "arch": config.arch, "epochs": config.epochs,
+            "seed": config.seed, "image_size": config.image_size, "best_val_map": state.best_val_map,
+            "best_epoch": state.best_epoch}
+
+
+def _thresholds_of(objective: Objective):
+    return objective.thresholds if isinstance(objective, CALR) else None
+
+
+def fit(config: TrainConfig) -> dict[str, Any]:
+    """Train, select by clean-validation mAP, test the best model; resume from ``config.out``."""
+    device = resolve_device(config.device)
+    info = distributed.setup(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank if config.device in ("auto", "cuda") else device.index or 0)
+        torch.cuda.set_device(device)
+    if config.amp is None:
+        config.amp = device.type == "cuda"
+    if config.channels_last is None:
+        config.channels_last = device.type == "cuda"
+    run = Path(config.out)
+    try:
+        return _fit(config, device, info, run)
+    finally:
+        distributed.cleanup(info)
+
+
+def _fit(config: TrainConfig, device: torch.device, info: distributed.DistInfo, run: Path) -> dict[str, Any]:
+    dataset = load_dataset(config.data, skip_bad=config.skip_bad)
+    train_split, val_split = dataset.split("train"), dataset.split("val")
+    test_split = dataset.splits.get("test")
+    for split in (train_split, val_split):
+        for message in split.skipped:
+            log.warning("skipped: %s", message)
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        _check_same_run(run, config)
+        _write_text_atomic(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    distributed.barrier(info)
+    summary_path = run / "summary.json"
+    if summary_path.is_file():
+        log.info("%s already finished; its summary: %s", run, summary_path)
+        return json.loads(summary_path.read_text())
+
+    torch.manual_seed(config.seed)
+    num_classes = len(dataset.classes)
+    network = create_model(config.arch, num_classes, pretrained=config.pretrained, **config.arch_options).to(device)
+    if config.channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    objective = build_objective(config, train_split).to(device)
+    train_set = ImageDataset(train_split, weak_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD),
+                             strong_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD)
+                             if objective.needs_strong_view else None)
+    source = SkipBrokenImages(train_set) if config.skip_bad else train_set
+    sampler = DistributedSampler(source, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=config.seed) if info.enabled else None
+    generator = torch.Generator()
+    loader = DataLoader(source, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=config.workers, collate_fn=collate_skipping_none, generator=generator,
+                        pin_memory=device.type == "cuda", drop_last=False,
+                        persistent_workers=False)
+    steps_per_epoch = len(loader) if config.max_steps_per_epoch is None else min(len(loader),
+                                                                                   config.max_steps_per_epoch)
+    optimizer = build_optimizer(config, network, objective)
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch)
+    model: nn.Module = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
+        if info.enabled else network
+
+    state = RunState()
+    state_path = run / STATE_NAME
+    if state_path.is_file():
+        # weights_only: a restricted unpickler that only rebuilds tensors and plain containers.
+        saved = torch.load(state_path, map_location=device, weights_only=True)
+        network.load_state_dict(saved["model"])
+        objective.load_state_dict(saved["objective"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        state = RunState(**saved["run"])
+        log.info("resuming %s after epoch %d (best val mAP %.2f at epoch %d)", run, state.epoch,
+                 state.best_val_map, state.best_epoch)
+
+    log.info("training %s/%s on %s: %d train, %d val images, %d classes, %s, world size %d",
+             config.arch, config.loss, config.data, len(train_split.images), len(val_split.images), num_classes,
+             device, info.world_size)
+    full_labels_known = train_split.has_hidden_labels
+    dataset_name = Path(config.data).name
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        # Shuffling and augmentation are seeded per epoch, so a resumed epoch replays identically.
+        torch.manual_seed(config.seed * 1000 + epoch)
+        generator.manual_seed(config.seed * 1000 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, objective, loader, optimizer, scheduler, epoch, device, config, info,
+                                full_labels_known)
+        objective.synchronize()
+        val_map = evaluate(network, val_split, config, device, info)
+        thresholds = _thresholds_of(objective)
+        row = {"epoch": epoch, "train_loss": round(stats.loss, 6),
+               **{f"loss_{name}": round(value, 6) for name, value in stats.parts.items()},
+               "val_map": round(val_map, 4), "rejected": stats.rejected, "rejected_true": stats.rejected_true,
+               "rejection_precision": None if stats.rejection_precision is None
+               else round(stats.rejection_precision, 4),
+               "rejected_fraction_of_unknown": round(stats.rejected / max(stats.unknown_entries, 1), 6),
+               "gap_threshold": None if thresholds is None else round(thresholds.gap_threshold, 6),
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 2),
+               "images_per_s": round(stats.images / max(stats.seconds, 1e-9), 2)}
+        state.history.append(row)
+        state.epoch = epoch
+        if info.is_main:
+            if val_map > state.best_val_map:
+                state.best_val_map, state.best_epoch = val_map, epoch
+                save_checkpoint(_loaded(network, dataset.classes, config, thresholds,
+                                        _training_summary(config, state, dataset_name)), run / "best")
+            _atomic_torch_save({"model": network.state_dict(), "objective": objective.state_dict(),
+                                "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                "run": state.__dict__}, state_path)
+            _write_metrics(run / "metrics.csv", state.history)
+            log.info("epoch %d: loss %.4f, val mAP %.2f (best %.2f @ %d), rejected %d%s, %.1f img/s", epoch,
+                     stats.loss, val_map, state.best_val_map, state.best_epoch, stats.rejected,
+                     "" if row["rejection_precision"] is None else f" (precision {row['rejection_precision']:.3f})",
+                     row["images_per_s"])
+        state = distributed.broadcast_object(info, state)
+        distributed.barrier(info)
+    return _finish(config, dataset, test_split, state, device, info, run, dataset_name)
+
+
+def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresholds, training: dict) -> LoadedModel:
+    return LoadedModel(network=network, classes=list(classes), image_size=config.image_size, mean=IMAGENET_MEAN,
+                       std=IMAGENET_STD, cam_norm=config.cam_norm, cam_threshold=config.cam_threshold,
+                       thresholds=thresholds, training=training)
+
+
+def _finish(config: TrainConfig, dataset, test_split: Split | None, state: RunState, device: torch.device,
+            info: distributed.DistInfo, run: Path, dataset_name: str) -> dict[str, Any]:
+    from spml.checkpoint import load_model
+
+    best = load_model(run / "best", device=device)
+    test_map = evaluate(best.network, test_split, config, device, info) if test_split is not None else None
+    summary = {**_training_summary(config, state, dataset_name), "test_map": test_map,
+               "data": str(config.data), "checkpoint": str(run / "best")}
+    last = state.history[-1] if state.history else {}
+    precisions = [row["rejection_precision"] for row in state.history if row.get("rejection_precision") is not None]
+    summary["final_rejection_precision"] = last.get("rejection_precision")
+    summary["mean_rejection_precision"] = float(np.mean(precisions)) if precisions else None
+    if info.is_main:
+        best.training.update({"test_map": test_map})
+        save_checkpoint(best, run / "best")
+        _write_text_atomic(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+        log.info("done: best val mAP %.2f at epoch %d, test mAP %s", state.best_val_map, state.best_epoch,
+                 "n/a" if test_map is None else f"{test_map:.2f}")
+    distributed.barrier(info)
+    return summary
+
+
+def export_run(run: Path, destination: Path) -> None:
+    """Copy a finished run's best checkpoint, summary and metrics to ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy2(run / "best" / name, destination / name)
+    for name in ("summary.json", "metrics.csv", "config.yaml"):
+        if (run / name).is_file():
+            shutil.copy2(run / name, destination / (name if name != "config.yaml" else "train_config.yaml"))
+

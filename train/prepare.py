@@ -1,0 +1,383 @@
+"""``python -m train prepare``: turn a benchmark download into the generic data set format.
+
+For VOC 2012, COCO 2014, NUS-WIDE and CUB-200-2011 this follows the protocol of Cole et al.
+(method.md sections 4 and 4b) image for image: the official training set, in the reference's image
+order, gets its single positives from one ``RandomState(1200)`` and is then split 80/20 into train
+and val; the official validation set is the test split, with its own positives drawn by a fresh
+``RandomState(1200)``. The CSVs carry the full labels and the ``positive`` column.
+
+Images are not copied. ``DATASET/images`` is a symbolic link to the download's image folder (an
+absolute path), and the CSVs name images as ``images/<path as the reference names it>``. The CSVs
+are thus the same on every machine, carry no ``..``, and the data set folder can move; only the
+download must stay where it is (re-run prepare, or re-point the link, if it moves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from spml.data.generic import Row, check_writable, render_dataset, write_dataset
+from spml.data.protocol import protocol_split, sample_single_positive
+from spml.data.synthetic import make_synthetic_dataset
+
+BENCHMARKS = ("voc", "coco", "nuswide", "cub")
+IMAGES_LINK = "images"
+
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+]  # fmt: skip
+
+# The 81 concepts in the order of NUS-WIDE's own Concepts81.txt (alphabetical), the order of its label
+# files. Cole et al. do not publish the column order of their re-crawl's label matrix; a Concepts81.txt
+# or classes.txt found beside the .npy files takes precedence over this list.
+NUSWIDE_CLASSES = [
+    "airport", "animal", "beach", "bear", "birds", "boats", "book", "bridge", "buildings", "cars",
+    "castle", "cat", "cityscape", "clouds", "computer", "coral", "cow", "dancing", "dog", "earthquake",
+    "elk", "fire", "fish", "flags", "flowers", "food", "fox", "frost", "garden", "glacier",
+    "grass", "harbor", "horses", "house", "lake", "leaf", "map", "military", "moon", "mountain",
+    "nighttime", "ocean", "person", "plane", "plants", "police", "protest", "railroad", "rainbow",
+    "reflection", "road", "rocks", "running", "sand", "sign", "sky", "snow", "soccer", "sports", "statue",
+    "street", "sun", "sunset", "surf", "swimmers", "tattoo", "temple", "tiger", "tower", "town",
+    "toy", "train", "tree", "valley", "vehicle", "water", "waterfall", "wedding", "whales", "window",
+    "zebra",
+]  # fmt: skip
+
+
+class PrepareError(ValueError):
+    """The download is not laid out as expected; the message names the missing or malformed file."""
+
+
+@dataclass
+class Official:
+    """A benchmark's official training and validation sets, in the reference's image order."""
+
+    classes: list[str]
+    image_dir: Path  # what DATASET/images links to; image names below are relative to it
+    train_images: list[str]
+    train_labels: np.ndarray  # (N, C) {0, 1}
+    test_images: list[str]
+    test_labels: np.ndarray
+    note: str = ""
+
+
+def _need(path: Path, hint: str) -> Path:
+    if not path.exists():
+        raise PrepareError(f"{path}: not found ({hint})")
+    return path
+
+
+def _first_existing(candidates: list[Path]) -> Path | None:
+    return next((c for c in candidates if c.exists()), None)
+
+
+def read_voc(root: Path, progress: bool = True) -> Official:
+    """VOC 2012: images with a positive in ``ImageSets/Main/<class>_<split>.txt``, sorted by file name."""
+    hint = "--root must be the folder holding VOCdevkit/, as VOCtrainval_11-May-2012.tar unpacks"
+    voc = _need(root / "VOCdevkit" / "VOC2012", hint)
+    main = _need(voc / "ImageSets" / "Main", hint)
+    image_dir = _need(voc / "JPEGImages", hint)
+    splits: dict[str, tuple[list[str], np.ndarray]] = {}
+    for split in ("train", "val"):
+        positives: dict[str, list[int]] = {}
+        for c, name in enumerate(tqdm(VOC_CLASSES, desc=f"VOC {split} lists", disable=not progress)):
+            path = _need(main / f"{name}_{split}.txt", hint)
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 2 or parts[1] not in ("1", "0", "-1"):
+                    raise PrepareError(f"{path}, line {number}: expected '<image id> <1|0|-1>', got {line!r}")
+                if parts[1] == "1":  # 0 marks a difficult object: not a positive
+                    positives.setdefault(f"{parts[0]}.jpg", []).append(c)
+        # The reference sorts file names (id + ".jpg"), not ids.
+        names = sorted(positives)
+        labels = np.zeros((len(names), len(VOC_CLASSES)), dtype=np.uint8)
+        for i, image in enumerate(names):
+            labels[i, positives[image]] = 1
+        splits[split] = (names, labels)
+    return Official(VOC_CLASSES, image_dir, *splits["train"], *splits["val"])
+
+
+def read_coco(root: Path, progress: bool = True) -> Official:
+    """COCO 2014: images with an annotation, ids sorted as strings; classes in ``categories`` order."""
+    hint = "--root must be the folder holding annotations/, train2014/ and val2014/"
+    classes: list[str] | None = None
+    splits: dict[str, tuple[list[str], np.ndarray]] = {}
+    for split in ("train", "val"):
+        path = _need(root / "annotations" / f"instances_{split}2014.json", hint)
+        _need(root / f"{split}2014", hint)
+        if progress:
+            print(f"reading {path} ...", file=sys.stderr)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            categories = [(int(c["id"]), str(c["name"])) for c in data["categories"]]
+            annotations = [(int(a["image_id"]), int(a["category_id"])) for a in data["annotations"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise PrepareError(f"{path}: not a COCO instances file ({error!r})") from None
+        names = [name for _, name in categories]
+        if classes is None:
+            classes = names
+        elif names != classes:
+            raise PrepareError(f"{path}: categories differ from those of instances_train2014.json")
+        column = {cat_id: i for i, (cat_id, _) in enumerate(categories)}
+        ids = sorted({str(image_id) for image_id, _ in annotations})  # as strings, like the reference
+        row = {int(image_id): i for i, image_id in enumerate(ids)}
+        labels = np.zeros((len(ids), len(classes)), dtype=np.uint8)
+        for image_id, category in tqdm(annotations, desc=f"COCO {split} annotations", disable=not progress):
+            if category not in column:
+                raise PrepareError(f"{path}: image {image_id} has an unknown category id {category}")
+            labels[row[image_id], column[category]] = 1
+        files = [f"{split}2014/COCO_{split}2014_{int(image_id):012d}.jpg" for image_id in ids]
+        splits[split] = (files, labels)
+    assert classes is not None
+    return Official(classes, root, *splits["train"], *splits["val"])
+
+
+def _nuswide_classes(folders: list[Path], num_columns: int) -> tuple[list[str], str]:
+    names = ("Concepts81.txt", "ConceptsList/Concepts81.txt", "classes.txt")
+    candidates = [folder / name for folder in folders for name in names]
+    found = _first_existing(candidates)
+    if found is None:
+        return NUSWIDE_CLASSES, "class names: NUS-WIDE Concepts81 order (built in)"
+    names = [line.strip() for line in found.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) != num_columns:
+        raise PrepareError(f"{found}: {len(names)} class names for a label matrix of {num_columns} columns")
+    return names, f"class names: {found}"
+
+
+def read_nuswide(root: Path, progress: bool = True) -> Official:
+    """NUS-WIDE (Cole et al.'s re-crawl): ``formatted_*`` arrays, already in protocol order."""
+    names = [f"formatted_{s}_{k}.npy" for s in ("train", "val") for k in ("labels", "images")]
+    base = next((d for d in (root, root.parent) if all((d / n).is_file() for n in names)), None)
+    if base is None:
+        raise PrepareError(
+            f"{root / names[0]}: not found (NUS-WIDE needs {', '.join(names)} from Cole et al.'s release "
+            f"in --root or its parent)"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for name in names:
+        try:
+            arrays[name] = np.load(base / name, allow_pickle=False)  # never unpickle downloaded files
+        except ValueError as error:
+            raise PrepareError(f"{base / name}: cannot be read without unpickling ({error})") from None
+    splits: dict[str, tuple[list[str], np.ndarray]] = {}
+    for split in ("train", "val"):
+        labels = arrays[f"formatted_{split}_labels.npy"]
+        images = arrays[f"formatted_{split}_images.npy"]
+        if labels.ndim != 2 or images.ndim != 1 or len(images) != len(labels):
+            raise PrepareError(
+                f"{base}: formatted_{split}_labels.npy {labels.shape} and formatted_{split}_images.npy "
+                f"{images.shape} do not match"
+            )
+        if not np.isin(labels, (0, 1)).all():
+            raise PrepareError(f"{base / f'formatted_{split}_labels.npy'}: labels must be 0 or 1")
+        splits[split] = ([str(p).replace("\\", "/") for p in images], labels.astype(np.uint8))
+    first = splits["train"][0][0] if splits["train"][0] else ""
+    image_dir = _first_existing(
+        [d for d in (root / "Flickr", base / "Flickr", root) if (d / first).is_file()]
+    )
+    if image_dir is None:
+        raise PrepareError(f"{root / 'Flickr' / first}: not found (Flickr.zip unpacks to --root/Flickr/)")
+    classes, note = _nuswide_classes([root, base], splits["train"][1].shape[1])
+    return Official(classes, image_dir, *splits["train"], *splits["val"], note=note)
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        parts = line.split(maxsplit=1)
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise PrepareError(f"{path}, line {number}: expected '<id> <value>', got {line!r}")
+        pairs.append((parts[0], parts[1].strip()))
+    return pairs
+
+
+def read_cub(root: Path, progress: bool = True) -> Official:
+    """CUB-200-2011 attributes: ``is_present`` labels, the official split, images.txt order."""
+    hint = "--root must be the folder holding CUB_200_2011/ and attributes.txt, as CUB_200_2011.tgz unpacks"
+    cub = _first_existing([root / "CUB_200_2011" / "CUB_200_2011", root / "CUB_200_2011"])
+    cub = _need(cub or root / "CUB_200_2011", hint)
+    attributes_path = _first_existing([root / "attributes.txt", cub.parent / "attributes.txt"])
+    attributes = _read_pairs(_need(attributes_path or root / "attributes.txt", hint))
+    classes = [name for _, name in attributes]
+    images = _read_pairs(_need(cub / "images.txt", hint))
+    split_path = _need(cub / "train_test_split.txt", hint)
+    is_train = dict(_read_pairs(split_path))
+    labels_path = _need(cub / "attributes" / "image_attribute_labels.txt", hint)
+    row = {image_id: i for i, (image_id, _) in enumerate(images)}
+    column = {attr_id: j for j, (attr_id, _) in enumerate(attributes)}
+    labels = np.zeros((len(images), len(classes)), dtype=np.uint8)
+    seen = np.zeros(labels.shape, dtype=bool)
+    with labels_path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(
+            tqdm(handle, desc="CUB attribute labels", disable=not progress), start=1
+        ):
+            # '<image> <attribute> <is_present> <certainty> <time>'; a few lines of the release carry an
+            # extra field, so only the first three are read.
+            parts = line.split(None, 3)
+            if not parts:
+                continue
+            if len(parts) < 3 or parts[0] not in row or parts[1] not in column or parts[2] not in ("0", "1"):
+                raise PrepareError(f"{labels_path}, line {number}: unexpected {line.strip()!r}")
+            i, j = row[parts[0]], column[parts[1]]
+            labels[i, j] = parts[2] == "1"
+            seen[i, j] = True
+    if not seen.all():
+        i, j = map(int, np.argwhere(~seen)[0])
+        raise PrepareError(f"{labels_path}: no row for image {images[i][0]}, attribute {attributes[j][0]}")
+    missing = [image_id for image_id, _ in images if image_id not in is_train]
+    if missing:
+        raise PrepareError(f"{split_path}: no entry for image {missing[0]}")
+    train = np.array([is_train[image_id] == "1" for image_id, _ in images])
+    files = [path for _, path in images]
+    return Official(
+        classes,
+        _need(cub / "images", hint),
+        [f for f, t in zip(files, train, strict=True) if t],
+        labels[train],
+        [f for f, t in zip(files, train, strict=True) if not t],
+        labels[~train],
+    )
+
+
+READERS = {"voc": read_voc, "coco": read_coco, "nuswide": read_nuswide, "cub": read_cub}
+
+
+def _check_images(official: Official, progress: bool) -> None:
+    names = official.train_images + official.test_images
+    missing = [
+        n
+        for n in tqdm(names, desc="checking images", disable=not progress)
+        if not (official.image_dir / n).is_file()
+    ]
+    if missing:
+        raise PrepareError(
+            f"{official.image_dir / missing[0]}: not found ({len(missing)} of {len(names)} images are "
+            f"missing under {official.image_dir})"
+        )
+
+
+def protocol_rows(official: Official) -> dict[str, list[Row]]:
+    """Rows of train/val/test by the protocol, with drawn positives and full labels."""
+
+    def rows(images: list[str], labels: np.ndarray, observed: np.ndarray, idx: np.ndarray) -> list[Row]:
+        out = []
+        for i in idx:
+            names = [official.classes[j] for j in np.flatnonzero(labels[i])]
+            positive = np.flatnonzero(observed[i])
+            out.append(
+                Row(
+                    image=f"{IMAGES_LINK}/{images[i]}",
+                    labels=names,
+                    positive=official.classes[positive[0]] if positive.size else None,
+                )
+            )
+        return out
+
+    # Positives over the whole official training set in protocol order, before the split.
+    train_observed = sample_single_positive(official.train_labels)
+    train_idx, val_idx = protocol_split(len(official.train_images))
+    test_observed = sample_single_positive(official.test_labels)  # a fresh RandomState(1200)
+    return {
+        "train": rows(official.train_images, official.train_labels, train_observed, train_idx),
+        "val": rows(official.train_images, official.train_labels, train_observed, val_idx),
+        "test": rows(
+            official.test_images, official.test_labels, test_observed, np.arange(len(official.test_images))
+        ),
+    }
+
+
+def _link_images(out: Path, target: Path, overwrite: bool) -> None:
+    link = out / IMAGES_LINK
+    target = target.resolve()
+    if link.is_symlink():
+        if Path(os.readlink(link)) == target:
+            return
+        if not overwrite:
+            raise FileExistsError(f"{link} links to {os.readlink(link)}, not {target} (use --overwrite)")
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{link} exists and is not a link; move it away (prepare never deletes data)")
+    out.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+
+
+def prepare_benchmark(
+    name: str, root: Path, out: Path, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """Read the download at ``root`` and write the protocol's data set to ``out``; returns ``out``."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise PrepareError(f"{root}: not a directory")
+    official = READERS[name](root, progress)
+    _check_images(official, progress)
+    splits = protocol_rows(official)
+    out = Path(out).expanduser()
+    check_writable(out, render_dataset(official.classes, splits), overwrite)
+    _link_images(out, official.image_dir, overwrite)
+    write_dataset(out, official.classes, splits, overwrite=overwrite)
+    sizes = " / ".join(f"{split} {len(rows)}" for split, rows in splits.items())
+    print(f"{name}: wrote {out} ({sizes}; {len(official.classes)} classes)", file=sys.stderr)
+    if official.note:
+        print(f"{name}: {official.note}", file=sys.stderr)
+    return out
+
+
+def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``prepare {voc,coco,nuswide,cub,synthetic}`` on a command line's subparsers."""
+    parser = subparsers.add_parser(
+        "prepare",
+        help="write a data set in the generic format from a benchmark download or the synthetic world",
+        description="Write a data set in the generic format: a benchmark download split and given single "
+        "positives by the protocol of Cole et al. (images are linked, not copied), or the synthetic world.",
+    )
+    sources = parser.add_subparsers(dest="source", required=True, metavar="{voc,coco,nuswide,cub,synthetic}")
+    for name in BENCHMARKS:
+        sub = sources.add_parser(name, help=f"{name}: split and draw single positives by the protocol")
+        sub.add_argument("--root", type=Path, required=True, help="the folder the download unpacks into")
+        _common(sub)
+    synthetic = sources.add_parser("synthetic", help="render the synthetic world of coloured shapes")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--train", type=int, default=1200, help="training images (default 1200)")
+    synthetic.add_argument("--val", type=int, default=300, help="validation images (default 300)")
+    synthetic.add_argument("--test", type=int, default=600, help="test images (default 600)")
+    synthetic.add_argument("--image-size", type=int, default=128, help="side in pixels (default 128)")
+    _common(synthetic)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="the data set folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace a different data set in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Run ``prepare`` from parsed arguments; returns the exit status (1 with a message on failure)."""
+    progress = not args.no_progress
+    try:
+        if args.source == "synthetic":
+            out = make_synthetic_dataset(
+                args.out, seed=args.seed, train=args.train, val=args.val, test=args.test,
+                image_size=args.image_size, progress=progress, overwrite=args.overwrite,
+            )  # fmt: skip
+            sizes = f"train {args.train} / val {args.val} / test {args.test}"
+            print(f"synthetic: wrote {out} ({sizes})", file=sys.stderr)
+        else:
+            prepare_benchmark(args.source, args.root, args.out, overwrite=args.overwrite, progress=progress)
+    except (ValueError, FileExistsError) as error:  # bad layout, bad sizes, or a data set in the way
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +93,7 @@ def save_checkpoint(model: LoadedModel, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config()
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.network.state_dict().items()}
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as handle:
-        weights_tmp = Path(handle.name)
+    weights_tmp = directory / (WEIGHTS_NAME + ".tmp")
     save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
     config_tmp = directory / (CONFIG_NAME + ".tmp")
     config_tmp.write_text(json.dumps(config, indent=2) + "\n")

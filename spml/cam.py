@@ -88,14 +88,10 @@ def crop_to_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.
     return image[top:bottom, left:right]
 
 
-def masked_display(image: np.ndarray, mask: np.ndarray, fill: tuple[int, int, int] | None = None) -> np.ndarray:
-    """An (H, W, 3) uint8 image with the pixels outside ``mask`` set to ``fill``.
-
-    ``fill`` defaults to the ImageNet mean colour, which is what x^M shows the network.
-    """
-    from spml.data.transforms import IMAGENET_MEAN
-
-    colour = np.asarray(fill if fill is not None else [round(255 * m) for m in IMAGENET_MEAN], dtype=np.uint8)
+def masked_display(image: np.ndarray, mask: np.ndarray, mean: tuple[float, float, float]) -> np.ndarray:
+    """An (H, W, 3) uint8 image with the pixels outside ``mask`` set to the normalisation ``mean``
+    colour (values in [0, 1]): what x^M, zero in normalised space, shows the network."""
+    colour = np.asarray([round(255 * m) for m in mean], dtype=np.uint8)
     return np.where(mask[..., None], image, colour).astype(np.uint8)
 
 

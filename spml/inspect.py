@@ -128,7 +128,7 @@ def analyze(
         mask=mask,
         box=box,
         crop=crop_to_box(rgb, box),
-        masked_image=masked_display(rgb, mask),
+        masked_image=masked_display(rgb, mask, model.mean),
         overlay=heatmap_overlay(rgb, cam),
         rejected=[names[i] for i in sorted(rejected_indices, key=lambda i: -float(probabilities[i]))],
         cam_threshold=threshold,

@@ -174,11 +174,11 @@ def test_empty_mask_has_no_box_and_an_empty_crop():
 def test_masked_display_fills_with_the_mean_colour():
     image = np.full((2, 3, 3), 200, dtype=np.uint8)
     mask = np.array([[True, False, True], [False, False, True]])
-    out = masked_display(image, mask)
+    out = masked_display(image, mask, IMAGENET_MEAN)
     assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
     assert out[0, 0].tolist() == [200, 200, 200]
     assert out[0, 1].tolist() == [round(255 * m) for m in IMAGENET_MEAN]  # [124, 116, 104]
-    assert masked_display(image, mask, fill=(1, 2, 3))[1, 0].tolist() == [1, 2, 3]
+    assert masked_display(image, mask, (0.0, 0.5, 1.0))[1, 0].tolist() == [0, 128, 255]
 
 
 def test_heatmap_overlay_shape_dtype_and_alpha():

@@ -1,7 +1,9 @@
-"""The Gradio app: layout and wiring only (the callbacks are in spml.ui, the model logic in spml.inspect).
+"""The Gradio app: layout and wiring only (the callbacks are in spml.ui, the model logic in spml.inspect
+and spml.audit).
 
 ``python app.py`` serves on 127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT as usual) with the
 embedded checkpoint, or the one named by SPML_CHECKPOINT (a directory or hf://OWNER/NAME[@REVISION]).
+Audits and their review decisions go to SPML_AUDIT_DIR (default: a folder in the system's temp dir).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from spml import ui
 from spml.cam import CAM_NORMS
@@ -18,22 +21,43 @@ from spml.cam import CAM_NORMS
 HERE = Path(__file__).resolve().parent
 # Requests running the model at once; more wait in the queue. Two fit a 2-core CPU Space.
 MODEL_CONCURRENCY = int(os.environ.get("SPML_CONCURRENCY", "2"))
+# Each model request gets its share of the cores. More torch threads than free cores make every parallel
+# region wait for a descheduled thread: measured 4x (ResNet-50) to 60x (demo) slower on a busy 2-core box.
+TORCH_THREADS = int(os.environ.get("SPML_TORCH_THREADS") or max(1, (os.cpu_count() or 1) // MODEL_CONCURRENCY))
 QUEUE_SIZE = int(os.environ.get("SPML_QUEUE_SIZE", "64"))
-MAX_UPLOAD = os.environ.get("SPML_MAX_UPLOAD", "50mb")
-CSS = ".spml-summary p { margin: 0.2em 0; }"
+MAX_UPLOAD = os.environ.get("SPML_MAX_UPLOAD", "200mb")
+IMAGE_HEIGHT = 320
+# Output images fill their frame (less its label), so a 128 px scene is shown large, its pixels sharp.
+CSS = f"""
+.spml-summary p {{ margin: 0.2em 0; }}
+.spml-fit img {{ width: 100%; height: {IMAGE_HEIGHT - 56}px !important; object-fit: contain;
+                 image-rendering: pixelated; }}
+"""
 
 
-def build_app(checkpoint: str | None = None) -> gr.Blocks:
+def audit_dir() -> Path:
+    return Path(os.environ.get("SPML_AUDIT_DIR") or Path(tempfile.gettempdir()) / "spml-audits")
+
+
+def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.Blocks:
     registry = ui.CheckpointRegistry(checkpoint or os.environ.get("SPML_CHECKPOINT") or ui.DEFAULT_CHECKPOINT,
-                                  base_dir=HERE)
-    controller = ui.Controller(registry, ui.ExampleCache(Path(tempfile.gettempdir()) / "spml-examples"))
-    defaults = controller.checkpoint_defaults()  # loads the configured checkpoint: a bad one fails at start
+                                     base_dir=HERE)
+    inspect = ui.Controller(registry, ui.ExampleCache(Path(tempfile.gettempdir()) / "spml-examples"))
+    workspace = ui.AuditWorkspace(audits or audit_dir())
+    audit = ui.AuditController(registry, workspace)
+    defaults = inspect.checkpoint_defaults()  # loads the configured checkpoint: a bad one fails at start
     model_event = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
+    private = {"api_visibility": "private"}
 
     with gr.Blocks(title="CALR: single-positive labels, inspected") as demo:
         gr.Markdown(ui.INTRO)
         gr.HTML(ui.method_figure(), elem_id="method-figure")
         session_checkpoint = gr.State(registry.configured)
+        audit_id = gr.State(None)
+        position = gr.State(0)  # the suspect shown in the review
+        # The audit id, kept in the browser so that a reload (or a restart) reopens the review. Outside the
+        # tabs: a component in a tab not yet opened is not mounted, and would not read its stored value.
+        remembered = gr.BrowserState(None, storage_key="spml-audit", secret=workspace.browser_secret())
         with gr.Row(equal_height=True):
             selector = gr.Dropdown(choices=registry.keys(), value=registry.configured, label="Checkpoint",
                                    scale=1, elem_id="checkpoint")
@@ -53,8 +77,7 @@ def build_app(checkpoint: str | None = None) -> gr.Blocks:
                         norm = gr.Radio([(ui.NORM_LABELS[n], n) for n in CAM_NORMS], value=defaults["cam_norm"],
                                         label="CAM normalisation", elem_id="cam-norm")
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
-                    examples = gr.Dataset(components=["image"], samples=defaults["examples"],
-                                          type="index",
+                    examples = gr.Dataset(components=["image"], samples=defaults["examples"], type="index",
                                           label="Examples from the checkpoint's own world", elem_id="examples",
                                           visible=bool(defaults["examples"]))
                 with gr.Column(scale=1):
@@ -62,30 +85,91 @@ def build_app(checkpoint: str | None = None) -> gr.Blocks:
                     summary = gr.Markdown(label="Summary", elem_classes="spml-summary", elem_id="summary")
             with gr.Row():
                 overlay = gr.Image(label="CAM of the positive", format="jpeg", interactive=False,
-                                   elem_id="cam")
+                                   height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="cam")
                 masked = gr.Image(label="Highlighted region: the mask applied", format="jpeg",
-                                  interactive=False, elem_id="masked")
+                                  interactive=False, height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="masked")
                 crop = gr.Image(label="Crop of the mask's bounding box", format="jpeg", interactive=False,
-                                elem_id="crop")
+                                height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="crop")
             table = gr.Dataframe(label="Every other class: the rejection rule's inputs (rejected first)",
                                  interactive=False, wrap=True, elem_id="table")
+
+        with gr.Tab("Audit", elem_id="audit-tab"):
+            gr.Markdown("Upload a data set as a zip (images, `classes.txt` and a CSV in the data set format): "
+                        "every class not annotated on an image is scored as a possible missing label, the way "
+                        "the rule sees it. Then review the best-ranked suspects and export the corrected CSV.")
+            with gr.Row():
+                zip_file = gr.File(label="Data set zip", file_types=[".zip"], elem_id="audit-zip")
+                with gr.Column():
+                    split = gr.Dropdown(["train", "val", "test"], value="train", allow_custom_value=True,
+                                        label="Split", elem_id="audit-split")
+                    top = gr.Number(500, precision=0, minimum=1, label="Rows in the report", elem_id="audit-top")
+                    gallery_size = gr.Slider(0, 48, value=12, step=1, label="Suspects in the gallery")
+                    server_path = gr.Textbox("", label="...or a data set folder on the server",
+                                             visible=os.environ.get("SPML_ALLOW_SERVER_PATHS") == "1")
+            start = gr.Button("Audit", variant="primary", elem_id="audit-run")
+            audit_summary = gr.Markdown(elem_id="audit-summary")
+            with gr.Group(elem_id="review"):
+                question = gr.Markdown("Run an audit to review its suspects.", elem_id="review-question")
+                with gr.Row():
+                    review_cam = gr.Image(label="CAM of the annotated positive", format="jpeg", interactive=False,
+                                          height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="review-cam")
+                    review_masked = gr.Image(label="Masked image", format="jpeg", interactive=False,
+                                             height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="review-masked")
+                    review_crop = gr.Image(label="Crop of the region", format="jpeg", interactive=False,
+                                           height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="review-crop")
+                with gr.Row():
+                    previous = gr.Button("← Previous (P)", elem_id="review-prev")
+                    confirm = gr.Button("Confirm: label missing (C)", variant="primary", elem_id="review-confirm")
+                    dismiss = gr.Button("Dismiss: class absent (D)", variant="stop", elem_id="review-dismiss")
+                    undo = gr.Button("Undo decision (U)", elem_id="review-undo")
+                    following = gr.Button("Next (N) →", elem_id="review-next")
+                status = gr.Markdown(elem_id="review-status")
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        export = gr.Button("Export the corrected CSV", elem_id="review-export")
+                        export_message = gr.Markdown(elem_id="review-export-message")
+                    exported = gr.File(label="Corrected CSV", visible=False, elem_id="review-file", scale=2)
+            gallery = gr.Gallery(label="Top suspects: the CAM of each image's annotated positive", columns=6,
+                                 height="auto", elem_id="audit-gallery")
+            audit_table = gr.Dataframe(label="Ranked suspects (the report's best rows)", interactive=False,
+                                       elem_id="audit-table")
+            report = gr.File(label="Report CSV (every row)", elem_id="audit-report")
 
         analysis = [labels, overlay, masked, crop, table, summary]
         # preprocess=False: the callback reads the uploaded file itself, so a file that is no image, or
         # one too large to decode safely, gets spml's clear message instead of a decoder crash.
-        run.click(controller.analyze, inputs=[image, positive, threshold, norm, session_checkpoint],
+        run.click(inspect.analyze, inputs=[image, positive, threshold, norm, session_checkpoint],
                   outputs=analysis, api_name="analyze", preprocess=False, **model_event)
-        examples.click(controller.example, inputs=[examples, session_checkpoint, positive, threshold, norm],
-                       outputs=[image, *analysis], api_visibility="private", **model_event)
-        selector.change(controller.select_checkpoint, inputs=selector,
+        examples.click(inspect.example, inputs=[examples, session_checkpoint, positive, threshold, norm],
+                       outputs=[image, *analysis], **private, **model_event)
+        selector.change(inspect.select_checkpoint, inputs=selector,
                         outputs=[session_checkpoint, description, positive, threshold, norm, examples],
-                        api_visibility="private", **model_event)
-        # Checkpoints added under checkpoints/ since the start show up on the next page load.
-        demo.load(lambda: gr.Dropdown(choices=registry.keys()), outputs=selector, api_visibility="private")
+                        **private, **model_event)
+
+        review = [position, question, review_cam, review_masked, review_crop, status]
+        audited = start.click(audit.audit, inputs=[zip_file, split, top, gallery_size, server_path, session_checkpoint],
+                              outputs=[audit_summary, audit_table, gallery, report, audit_id], api_name="audit",
+                              **model_event)
+        audited.success(lambda value: value, inputs=audit_id, outputs=remembered, **private).success(
+            audit.review_open, inputs=audit_id, outputs=review, **private, **model_event)
+        for button, decision in ((confirm, "confirm"), (dismiss, "dismiss"), (undo, None)):
+            button.click(lambda key, at, decision=decision: audit.review_decide(key, at, decision),
+                         inputs=[audit_id, position], outputs=review, **private, **model_event)
+        for button, step in ((previous, -1), (following, 1)):
+            button.click(lambda key, at, step=step: audit.review_move(key, at, step), inputs=[audit_id, position],
+                         outputs=review, **private, **model_event)
+        export.click(audit.review_export, inputs=audit_id, outputs=[exported, export_message], **private)
+
+        # On every page load: checkpoints added since the start, the review left off, the review's keys.
+        demo.load(lambda: gr.Dropdown(choices=registry.keys()), outputs=selector, **private)
+        demo.load(audit.restore, inputs=remembered, outputs=[audit_summary, audit_table, gallery, report, audit_id,
+                                                             *review], **private, **model_event)
+        demo.load(None, js=ui.REVIEW_KEYS_JS)
 
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
     return demo
 
 
 if __name__ == "__main__":
-    build_app().launch(max_file_size=MAX_UPLOAD, css=CSS)
+    torch.set_num_threads(TORCH_THREADS)
+    build_app().launch(max_file_size=MAX_UPLOAD, css=CSS, allowed_paths=[str(audit_dir())])

@@ -55,6 +55,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ _SCORE, _LOGIT, _TRUTH, _CLASS, _IMAGE = (_PART_COLUMNS.index(name)
 RUN_ROWS = 100_000  # rows per sorted run on disk: bounds the memory of the final sort
 TOP_K = 100  # the fixed k of precision/recall@k, beside k = number of hidden positives
 RANKINGS = ("audit", "probability", "large_loss")
+_SEND_BYTES = 16 << 20  # chunk of a part file sent to rank 0 where it cannot read it
 
 
 @dataclass
@@ -166,7 +168,10 @@ class _AuditItems(TorchDataset):
             return index, None, str(error)
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str | None]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """(indices of the decoded images, their stacked tensors or None, (index, message) of the others)."""
     good = [(index, image) for index, image, _ in items if image is not None]
     errors = [(index, message) for index, _, message in items if message is not None]
     images = torch.stack([image for _, image in good]) if good else None
@@ -180,7 +185,8 @@ def _distributed() -> tuple[int, int, bool]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # The other ranks wait at a barrier while rank 0 sorts and evaluates: allow a long merge.
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=6))
     return dist.get_rank(), dist.get_world_size(), True
 
 
@@ -209,12 +215,13 @@ class _Shard:
     def __init__(self, work: Path, rank: int, world: int, fingerprint: str, resume: bool):
         self.rows_path = work / f"rank{rank}-of-{world}.csv"
         self.state_path = work / f"rank{rank}-of-{world}.state.json"
-        fresh = {"fingerprint": fingerprint, "batches_done": 0, "bytes": 0, "images": 0, "candidates": 0,
-                 "skipped": []}
-        self.state = fresh
+        self.state = {"fingerprint": fingerprint, "batches_done": 0, "bytes": 0, "images": 0, "candidates": 0,
+                      "skipped": []}
         if resume and self.state_path.is_file():
             saved = json.loads(self.state_path.read_text())
-            if saved.get("fingerprint") == fingerprint and self.rows_path.is_file():
+            # A part file shorter than the state says (lost in a crash) cannot be trusted: start over.
+            if (saved.get("fingerprint") == fingerprint and self.rows_path.is_file()
+                    and self.rows_path.stat().st_size >= saved["bytes"]):
                 self.state = saved
         work.mkdir(parents=True, exist_ok=True)
         with self.rows_path.open("ab") as handle:
@@ -233,27 +240,62 @@ class _Shard:
         _write_json_atomically(self.state_path, self.state)
 
 
+def _gather_parts(work: Path, rank: int, world: int, shard: _Shard) -> list[dict[str, Any]]:
+    """Bring every rank's part file to rank 0 and return every rank's state (on every rank).
+
+    On a shared disk rank 0 already sees the files (their state files match); machines without one
+    send theirs over the process group, in chunks, so no rank holds a whole part in memory.
+    """
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, shard.state)  # after every rank's last commit
+    missing: list[Any] = [None]
+    if rank == 0:
+        missing[0] = [r for r in range(1, world) if not _sees_part(work, r, world, states[r])]
+    dist.broadcast_object_list(missing, src=0)
+    for source in missing[0]:
+        if rank == source:
+            with shard.rows_path.open("rb") as handle:
+                while chunk := handle.read(_SEND_BYTES):
+                    dist.send_object_list([chunk], dst=0)
+            dist.send_object_list([b""], dst=0)
+        elif rank == 0:
+            work.mkdir(parents=True, exist_ok=True)
+            with (work / f"rank{source}-of-{world}.csv").open("wb") as handle:
+                box: list[Any] = [b""]
+                dist.recv_object_list(box, src=source)
+                while box[0]:  # an empty chunk ends the file
+                    handle.write(box[0])
+                    dist.recv_object_list(box, src=source)
+    return states
+
+
+def _sees_part(work: Path, rank: int, world: int, state: dict[str, Any]) -> bool:
+    state_path = work / f"rank{rank}-of-{world}.state.json"
+    return state_path.is_file() and json.loads(state_path.read_text()) == state
+
+
 def _number(value: float) -> str:
     return f"{value:.7g}"
 
 
-def _batch_rows(split: Split, names: list[str], relative: list[str], has_truth: bool, indices: list[int],
-                observed: np.ndarray, evidence: dict[str, torch.Tensor]) -> tuple[str, int]:
-    """The part-file rows of the candidates of one batch, as CSV text, and their count."""
+def _batch_rows(names: list[str], images: list[str], lines: list[int], observed: np.ndarray, labels: np.ndarray | None,
+                evidence: dict[str, torch.Tensor]) -> tuple[str, int]:
+    """The part-file rows of the candidates of one batch, as CSV text, and their count. ``observed``
+    and ``labels`` (None: the truth is unknown) are (B, C) in the model's class order."""
     values = {key: tensor.cpu().numpy() for key, tensor in evidence.items()}
     probability = 1.0 / (1.0 + np.exp(-values["logits"].astype(np.float64)))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     count = 0
-    for row, index in enumerate(indices):
+    for row, (image, line) in enumerate(zip(images, lines, strict=True)):
         positive_index = np.flatnonzero(observed[row] == 1)
         positive = names[positive_index[0]] if positive_index.size else ""
         for c in np.flatnonzero(observed[row] == 0):
             writer.writerow([
-                relative[index], names[c], _number(values["score"][row, c]), int(values["rejected"][row, c]),
+                image, names[c], _number(values["score"][row, c]), int(values["rejected"][row, c]),
                 positive, _number(probability[row, c]), _number(values["logits"][row, c]),
                 _number(values["masked_logits"][row, c]), _number(values["gap"][row, c]),
-                int(split.labels[index, c]) if has_truth else "", split.rows[index],
+                "" if labels is None else int(labels[row, c]), line,
             ])
             count += 1
     return buffer.getvalue(), count
@@ -269,7 +311,6 @@ def _audit_shard(model: LoadedModel, split: Split, shard: _Shard, rank: int, wor
     items = _AuditItems(split, eval_transform(model.image_size, model.mean, model.std))
     loader = DataLoader(items, batch_sampler=batches[done:], num_workers=workers, collate_fn=_collate)
     device = model.device
-    has_truth = split.has_hidden_labels
     bar = tqdm(total=len(indices), initial=images_done, unit="img", desc=f"audit {split.name}",
                disable=not show_progress_bar or rank != 0)
     with bar:
@@ -278,8 +319,10 @@ def _audit_shard(model: LoadedModel, split: Split, shard: _Shard, rank: int, wor
             rows, candidates = "", 0
             if images is not None:
                 observed = split.observed[good][:, permutation]  # data set order -> model order
+                labels = split.labels[good][:, permutation] if split.has_hidden_labels else None
                 evidence = batch_evidence(model, images.to(device), torch.from_numpy(observed).to(device))
-                rows, candidates = _batch_rows(split, model.classes, relative, has_truth, good, observed, evidence)
+                rows, candidates = _batch_rows(model.classes, [relative[i] for i in good],
+                                               [split.rows[i] for i in good], observed, labels, evidence)
             shard.commit(rows, len(good), candidates, skipped)
             images_done += len(good) + len(errors)
             bar.update(len(good) + len(errors))
@@ -421,7 +464,7 @@ def _merge(parts: list[Path], work: Path, out: Path, top: int | None, has_truth:
 
     for row in _merged(_sorted_runs(_read_parts(parts), by_logit, runs_folder, "logit"), by_logit):
         logit, truth = float(row[_LOGIT]), int(row[_TRUTH])
-        evaluations["probability"].add(1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0, truth, row[_CLASS])
+        evaluations["probability"].add(0.5 * (1.0 + math.tanh(logit / 2)), truth, row[_CLASS])  # sigmoid, no overflow
         evaluations["large_loss"].add(max(logit, 0.0) + math.log1p(math.exp(-abs(logit))), truth, row[_CLASS])
     total = sum(positives.values())
     return written, rule["rejected"], {
@@ -479,10 +522,9 @@ def audit_dataset(
     resumed_batches = shard.state["batches_done"]
     _audit_shard(model, part, shard, rank, world, batch_size, workers, permutation, relative, progress,
                  show_progress_bar)
-    if world > 1:
-        dist.barrier()
+    states = _gather_parts(work, rank, world, shard) if world > 1 else [shard.state]
+    summary: dict[str, Any] = {}
     if rank == 0:
-        states = [json.loads((work / f"rank{r}-of-{world}.state.json").read_text()) for r in range(world)]
         parts = [work / f"rank{r}-of-{world}.csv" for r in range(world)]
         written, rejected, evaluation = _merge(parts, work, out, top, part.has_hidden_labels, model.classes)
         skipped = list(part.skipped) + [message for state in states for message in state["skipped"]]
@@ -514,8 +556,10 @@ def audit_dataset(
         _write_json_atomically(json_path, summary)
         shutil.rmtree(work, ignore_errors=True)
     if world > 1:
-        dist.barrier()
-        summary = json.loads(json_path.read_text())
+        box = [summary]
+        dist.broadcast_object_list(box, src=0)  # every rank returns the report, with or without a shared disk
+        summary = box[0]
+        shutil.rmtree(work, ignore_errors=True)  # this rank's parts, where its disk is not rank 0's
         if owns_group:
             dist.destroy_process_group()
     return AuditReport(csv_path=out, json_path=json_path, summary=summary, images=summary["images"],

@@ -30,7 +30,7 @@ import stat
 import threading
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image
 
@@ -122,7 +122,8 @@ def load_decisions(report: str | Path) -> dict[str, dict[str, str]]:
 
 def record_decision(report: str | Path, image: str, class_name: str, decision: str | None) -> dict[str, dict[str, str]]:
     """Record ``decision`` ("confirm", "dismiss" or None to withdraw) on the suspect (image, class)
-    and return every decision on ``report`` (as :func:`load_decisions`)."""
+    and return every decision on ``report`` (as :func:`load_decisions`). The pair is not looked up in
+    the report (that would read it whole at every click); the export reports pairs it cannot apply."""
     if decision is not None and decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {DECISIONS} or None, got {decision!r}")
     if not image or not class_name:
@@ -185,10 +186,14 @@ def export_corrected_dataset(
         raise ReviewError(f"{source}: the header needs image and labels columns")
     image_col, labels_col = columns.index("image"), columns.index("labels")
     positive_col = columns.index("positive") if "positive" in columns else None
+    negatives_col = columns.index("negatives") if "negatives" in columns else None
     wanted = {str(PurePosixPath(image)): by_class for image, by_class in decisions.items()}
+    # Without a positive column the positives are the protocol's draw: needed to protect them, and
+    # to pin them where labels change.
+    drawn = _positives_by_line(root, source) if positive_col is None and wanted else {}
     applied, problems, matched = {"confirm": 0, "dismiss": 0}, [], set()
     changed_labels = False
-    negatives: dict[int, list[str]] = {}
+    negatives: dict[int, list[str]] = {}  # the new negatives of the rows whose negatives changed
     for line, record in records:
         if len(record) != len(header) or not record[image_col].strip():
             continue  # a malformed row stays as it is
@@ -197,42 +202,43 @@ def export_corrected_dataset(
             continue
         matched.add(image)
         labels = _names(record[labels_col])
-        absent = _names(record[columns.index("negatives")]) if "negatives" in columns else []
-        positive = record[positive_col].strip() if positive_col is not None else None
+        absent = _names(record[negatives_col]) if negatives_col is not None else []
+        new_labels, new_absent = list(labels), list(absent)
+        positive = record[positive_col].strip() if positive_col is not None else drawn.get(line, "")
         for name, decision in wanted[image].items():
             if name not in classes:
                 problems.append(f"{image}: unknown class {name!r}")
             elif decision == "dismiss" and name == positive:
                 problems.append(f"{image}: {name!r} is the annotated positive and cannot be dismissed")
             elif decision == "confirm":
-                changed_labels |= name not in labels
-                labels = labels if name in labels else [*labels, name]
-                absent = [n for n in absent if n != name]
+                new_labels += [] if name in new_labels else [name]
+                new_absent = [n for n in new_absent if n != name]
                 applied["confirm"] += 1
             elif decision == "dismiss":
-                changed_labels |= name in labels
-                labels = [n for n in labels if n != name]
-                absent = absent if name in absent else [*absent, name]
+                new_labels = [n for n in new_labels if n != name]
+                new_absent += [] if name in new_absent else [name]
                 applied["dismiss"] += 1
             else:
                 problems.append(f"{image}: unknown decision {decision!r} for {name!r}")
-        record[labels_col] = SEPARATOR.join(labels)
-        negatives[line] = absent
+        if new_labels != labels:  # rewritten only where changed: every other cell keeps its text
+            record[labels_col] = SEPARATOR.join(new_labels)
+            changed_labels = True
+        if new_absent != absent:
+            negatives[line] = new_absent
     problems += [f"{image}: not in {split_csv_name}" for image in sorted(set(wanted) - matched)]
 
     add_positive = positive_col is None and changed_labels
-    positives = _positives_by_line(root, source) if add_positive else {}
-    add_negatives = "negatives" not in columns and any(negatives.values())
+    add_negatives = negatives_col is None and any(negatives.values())
     out_header = header + (["positive"] if add_positive else []) + (["negatives"] if add_negatives else [])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(out_header)
     for line, record in records:
         well_formed = len(record) == len(header)
-        if well_formed and line in negatives and "negatives" in columns:
-            record[columns.index("negatives")] = SEPARATOR.join(negatives[line])
+        if well_formed and line in negatives and negatives_col is not None:
+            record[negatives_col] = SEPARATOR.join(negatives[line])
         if well_formed and add_positive:
-            record = [*record, positives.get(line, "")]
+            record = [*record, drawn.get(line, "")]
         if well_formed and add_negatives:
             record = [*record, SEPARATOR.join(negatives.get(line, []))]
         writer.writerow(record)
@@ -256,9 +262,12 @@ def _entry_parts(name: str) -> list[str]:
     return parts
 
 
-def _copy_limited(source: Any, target: Path, declared: int, budget: int, name: str) -> int:
-    """Copy an entry's stream, stopping as soon as it outgrows its declared size or the budget
-    (headers can lie: the bytes are counted as they inflate). Returns the bytes written."""
+def _copy_limited(source: IO[bytes], target: Path, declared: int, budget: int, name: str) -> int:
+    """Copy an entry's stream, stopping as soon as it outgrows its declared size or the budget.
+
+    Headers can lie, so the bytes are counted as they inflate. (Python's zipfile also stops at the
+    declared size and then fails the CRC check; this count does not rely on that.) Returns the bytes
+    written."""
     written = 0
     with target.open("xb") as handle:
         while chunk := source.read(_COPY_CHUNK):
@@ -303,7 +312,7 @@ def safe_extract_zip(
     root inside it (the shallowest folder holding classes.txt).
 
     Refused outright (ReviewError, and ``dest`` emptied): absolute or ``..`` names, symbolic links and
-    other special entries, encrypted entries, more than ``max_files`` files, declared or actual
+    other special entries, encrypted entries, more than ``max_files`` entries, declared or actual
     uncompressed size above ``max_total_bytes``, an entry inflating past its declared size, an image
     over ``max_image_pixels``, a corrupt archive. Skipped: anything other than images and CSV/TXT
     files, folders, macOS resource forks and hidden files.
@@ -314,9 +323,10 @@ def safe_extract_zip(
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(zip_path) as archive:
+            if len(archive.infolist()) > max_files:  # folders count too: a flood of them costs as much
+                raise ReviewError(f"the zip holds {len(archive.infolist()):,} entries, more than the "
+                                  f"{max_files:,} allowed")
             entries = [info for info in archive.infolist() if not info.is_dir()]
-            if len(entries) > max_files:
-                raise ReviewError(f"the zip holds {len(entries):,} files, more than the {max_files:,} allowed")
             declared = sum(info.file_size for info in entries)
             if declared > max_total_bytes:
                 raise ReviewError(f"the zip declares {declared:,} bytes uncompressed, more than the "
@@ -324,8 +334,8 @@ def safe_extract_zip(
             budget, seen = max_total_bytes, set()
             for info in entries:
                 parts = _entry_parts(info.filename)
-                mode = info.external_attr >> 16
-                if info.create_system == 3 and mode and not stat.S_ISREG(mode):  # made on Unix: check the type
+                kind = stat.S_IFMT(info.external_attr >> 16)  # Unix file type, where the zip records one
+                if info.create_system == 3 and kind and kind != stat.S_IFREG:
                     raise ReviewError(f"zip entry {info.filename!r} is a link or a special file")
                 if info.flag_bits & 0x1:
                     raise ReviewError(f"zip entry {info.filename!r} is encrypted")

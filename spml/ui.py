@@ -6,9 +6,15 @@ example images and their lazy cache. The model logic itself is ``spml.inspect.an
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
+import itertools
+import json
 import logging
 import os
+import re
+import secrets
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,12 +27,23 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spml.audit import audit_dataset, report_json_path
 from spml.cam import CAM_NORMS
 from spml.checkpoint import CheckpointError, LoadedModel, load_model, read_config
+from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import DOWNSCALED_KEY, MAX_SIDE, ImageLoadError, load_image
 from spml.data.synthetic import SYNTHETIC_CLASSES, render_scene
 from spml.inference import optimize_for_inference
 from spml.inspect import AnalysisResult, analyze
+from spml.review import (
+    ReviewError,
+    export_corrected_dataset,
+    load_decisions,
+    record_decision,
+    resolve_server_dataset,
+    safe_extract_zip,
+    suspect_evidence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +56,17 @@ _GRAY_MODES = {"1", "L", "P", "LA", "PA"}
 _DEEP_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
-def gpu(function: Callable) -> Callable:
-    """ZeroGPU: ``spaces.GPU`` lends a GPU for each call when the ``spaces`` package is installed
-    (a no-op outside ZeroGPU hardware); without the package the function is returned unchanged."""
+def gpu(function: Callable | None = None, *, duration: int = 60) -> Callable:
+    """ZeroGPU: ``spaces.GPU`` lends a GPU for each call (at most ``duration`` seconds) when the
+    ``spaces`` package is installed (a no-op outside ZeroGPU hardware); without it, nothing changes.
+    Use as ``@gpu`` or ``@gpu(duration=...)``."""
+    if function is None:
+        return lambda inner: gpu(inner, duration=duration)
     try:
         import spaces
     except ImportError:
         return function
-    return spaces.GPU(function)
+    return spaces.GPU(function, duration=duration)
 
 
 def default_device() -> str:
@@ -434,6 +454,322 @@ class Controller:
             gr.Radio(value=defaults["cam_norm"]),
             gr.Dataset(samples=defaults["examples"], visible=bool(defaults["examples"])),
         )
+
+
+# --------------------------------------------------------------------------------------------- audit
+
+AUDIT_TABLE_ROWS = 200  # rows of the report shown in the page (the CSV download has them all)
+REVIEW_ROWS = 100  # suspects offered for review, best-ranked first
+DECISION_LABELS = {"confirm": "confirmed (the label is missing)", "dismiss": "dismissed (the class is absent)"}
+_AUDIT_ID = re.compile(r"^[0-9a-f]{24}$")
+REVIEW_KEYS_JS = """() => {
+  if (window.spmlReviewKeys) return;
+  window.spmlReviewKeys = true;
+  const keys = {c: "review-confirm", d: "review-dismiss", u: "review-undo", n: "review-next", p: "review-prev",
+                ArrowRight: "review-next", ArrowLeft: "review-prev"};
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+    const button = document.getElementById(keys[event.key] || keys[event.key.toLowerCase()] || "");
+    if (!button || button.offsetParent === null) return;  // the review is not on screen
+    event.preventDefault();
+    button.click();
+  });
+}"""
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    """An audit's folder: ``data/`` (the extracted data set), ``report.csv`` and its summary
+    ``report.json``, the review's ``report.decisions.json``, and ``meta.json`` (how it was made)."""
+
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "report.csv"
+
+    @property
+    def dataset(self) -> Path:
+        return self.folder / self.meta["dataset"]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return json.loads(report_json_path(self.report).read_text(encoding="utf-8"))
+
+    def rows(self, limit: int) -> list[dict[str, str]]:
+        with self.report.open(newline="", encoding="utf-8") as handle:
+            return list(itertools.islice(csv.DictReader(handle), limit))
+
+
+class AuditWorkspace:
+    """Where audits live. An audit's id is a digest of its input (the zip's bytes or the server folder),
+    checkpoint and split: the same upload finds its finished audit, and its decisions, again (after a
+    page reload or a restart), and nobody can guess another's. One lock per id keeps two uploads of
+    the same zip from writing the same folder at once."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def audit_id(self, source: Path, checkpoint: str, split: str) -> str:
+        digest = hashlib.sha256(f"{checkpoint}\n{split}\n".encode())
+        if source.is_file():
+            with source.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        else:
+            digest.update(str(source.resolve()).encode())
+        return digest.hexdigest()[:24]
+
+    def lock(self, audit_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(audit_id, threading.Lock())
+
+    def open(self, audit_id: str | None) -> AuditRun | None:
+        """The finished audit of ``audit_id``; None for anything else (unknown, unfinished, malformed id)."""
+        if not audit_id or not _AUDIT_ID.match(str(audit_id)):
+            return None
+        folder = self.directory / audit_id
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        run = AuditRun(folder, meta)
+        return run if run.report.is_file() and report_json_path(run.report).is_file() else None
+
+    def browser_secret(self) -> str:
+        """The key of the browser-stored audit id, kept on disk so that it outlives a restart."""
+        path = self.directory / ".browser-secret"
+        with self._guard:
+            if not path.is_file():
+                self.directory.mkdir(parents=True, exist_ok=True)
+                path.write_text(secrets.token_hex(16))
+            return path.read_text().strip()
+
+
+def audit_summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"**Audited** {summary['images']} images of `{summary['split']}`: {summary['candidates']} "
+             f"(image, class) candidates scored in {summary['seconds']:.1f} s; the report ranks them by "
+             f"`{summary['score']}`."]
+    if summary.get("rule_available"):
+        lines.append(f"**The rule** (gap > T_gap = {summary['gap_threshold']:.3f} and logit > A_c) rejects "
+                     f"{summary['rejected']} of them.")
+    evaluation = summary.get("evaluation")
+    if evaluation:
+        rankings = evaluation["rankings"]
+        scores = ", ".join(f"{name} {ranking['overall']['average_precision']:.3f}"
+                           for name, ranking in rankings.items() if ranking["overall"]["average_precision"] is not None)
+        lines.append(f"**Hidden labels known** ({evaluation['hidden_positives']} missing positives): average "
+                     f"precision of each ranking: {scores}.")
+    if summary.get("skipped"):
+        shown = "; ".join(summary["skipped_messages"][:5])
+        lines.append(f"**Skipped** {summary['skipped']} bad rows or images: {shown}"
+                     + (" ..." if summary["skipped"] > 5 else ""))
+    return "  \n".join(lines)
+
+
+def audit_table(rows: list[dict[str, str]]) -> dict[str, list]:
+    headers = ["rank", "image", "class", "score", "probability", "gap", "rejected", "positive"]
+    has_truth = any(row.get("truth") not in (None, "") for row in rows)
+    data = [[int(row["rank"]), row["image"], row["class"], round(float(row["score"]), 4),
+             round(float(row["probability"]), 3), round(float(row["gap"]), 3),
+             "yes" if row["rejected"] == "1" else "no", row["positive"]] + ([row["truth"]] if has_truth else [])
+            for row in rows]
+    return {"headers": headers + (["truth"] if has_truth else []), "data": data}
+
+
+@gpu(duration=120)
+def run_audit_job(model: LoadedModel, dataset: Path, split: str, report: Path, top: int,
+                  progress: Callable[[int, int], None]) -> None:
+    audit_dataset(model, dataset, split, report, batch_size=16, top=top, progress=progress,
+                  show_progress_bar=False)
+
+
+@gpu
+def run_evidence(model: LoadedModel, dataset: Path, row: dict[str, str]) -> dict[str, Any]:
+    return suspect_evidence(model, dataset, row)
+
+
+class AuditController:
+    """The Audit view's callbacks: run an audit on an upload, show its ranking and evidence, review it."""
+
+    def __init__(self, registry: CheckpointRegistry, workspace: AuditWorkspace, max_evidence: int = 256):
+        self.registry = registry
+        self.workspace = workspace
+        self.max_evidence = max_evidence
+        self._evidence: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _run(self, audit_id: str | None) -> AuditRun:
+        run = self.workspace.open(audit_id)
+        if run is None:
+            raise UserError("No finished audit to review: run an audit first.", title="No audit")
+        return run
+
+    def _source(self, zip_file: Any, server_path: str | None) -> Path:
+        if server_path and str(server_path).strip():
+            try:
+                return resolve_server_dataset(str(server_path).strip())
+            except (PermissionError, ReviewError) as error:
+                raise UserError(str(error), title="Cannot read this folder") from None
+        if not zip_file:
+            raise UserError("Upload a zip of a data set: images with classes.txt and a CSV in the data set format.",
+                            title="No data set")
+        path = zip_file.get("path") if isinstance(zip_file, dict) else zip_file
+        return Path(str(path))
+
+    def _prepare(self, source: Path, folder: Path, progress: gr.Progress) -> Path:
+        """The data set root inside ``folder``: extracted from the zip (to a scratch folder first, so a
+        crash never leaves a half-extracted data set behind) or the server folder itself."""
+        if source.is_dir():
+            return source
+        data = folder / "data"
+        if not data.is_dir():
+            progress(0.0, desc="extracting the zip")
+            scratch = folder / "data.partial"
+            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                safe_extract_zip(source, scratch)
+            except ReviewError as error:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise UserError(str(error).replace(str(source), source.name), title="Cannot use this zip") from None
+            os.replace(scratch, data)
+        roots = sorted((p.parent for p in data.rglob("classes.txt")), key=lambda p: len(p.parts))
+        return roots[0]
+
+    def audit(self, zip_file: Any, split: str = "train", top: float = 500, gallery_size: float = 12,
+              server_path: str = "", checkpoint: str | None = None,
+              progress: gr.Progress = gr.Progress()) -> tuple:
+        """``/audit``: summary, ranked table, gallery of the top suspects' evidence, report CSV, audit id."""
+        key = checkpoint or self.registry.configured
+        split = (split or "train").strip()
+        top, gallery_size = max(1, int(top or 500)), max(0, min(int(gallery_size or 0), 48))
+        source = self._source(zip_file, server_path)
+        audit_id = self.workspace.audit_id(source, key, split)
+        folder = self.workspace.directory / audit_id
+        with self.workspace.lock(audit_id):
+            if self.workspace.open(audit_id) is None:
+                model = self.registry.get(key)
+                folder.mkdir(parents=True, exist_ok=True)
+                dataset = self._prepare(source, folder, progress)
+                try:
+                    split_csv = load_dataset(dataset, skip_bad=True).split(split).source.name
+                    run_audit_job(model, dataset, split, folder / "report.csv", top,
+                                  lambda done, total: progress(done / max(total, 1),
+                                                               desc=f"auditing: {done} of {total} images"))
+                except (DatasetError, ValueError) as error:
+                    message = str(error)
+                    if source.is_file():  # the server's folders mean nothing to users: name their zip
+                        for folder_name in {str(dataset.resolve()), str(dataset)}:
+                            message = message.replace(folder_name, source.name)
+                    raise UserError(message, title="Cannot audit this data set") from None
+                meta = {"checkpoint": key, "split": split, "split_csv": split_csv,
+                        "dataset": os.path.relpath(dataset, folder), "source": source.name}
+                (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        run = self._run(audit_id)
+        rows = run.rows(max(AUDIT_TABLE_ROWS, gallery_size))
+        gallery = []
+        for row in progress.tqdm(rows[:gallery_size], desc="evidence of the top suspects"):
+            evidence = self._evidence_of(run, audit_id, row)
+            gallery.append((evidence["overlay"], f"#{row['rank']} {row['class']}? {row['image']} "
+                                                 f"(score {float(row['score']):.3f}, positive {row['positive']})"))
+        return (audit_summary_markdown(run.summary), audit_table(rows[:AUDIT_TABLE_ROWS]), gallery, str(run.report),
+                audit_id)
+
+    def _evidence_of(self, run: AuditRun, audit_id: str, row: dict[str, str]) -> dict[str, Any]:
+        cache_key = (audit_id, int(row["rank"]))
+        with self._lock:
+            if cache_key in self._evidence:
+                self._evidence.move_to_end(cache_key)
+                return self._evidence[cache_key]
+        model = self.registry.get(run.meta["checkpoint"])
+        try:
+            evidence = run_evidence(model, run.dataset, row)
+        except (ImageLoadError, ReviewError) as error:
+            raise UserError(str(error), title="Cannot show this suspect") from None
+        with self._lock:
+            self._evidence[cache_key] = evidence
+            while len(self._evidence) > self.max_evidence:
+                self._evidence.popitem(last=False)
+        return evidence
+
+    # ---- review: position is the index of the suspect shown, among the report's best REVIEW_ROWS rows
+
+    def _review_view(self, audit_id: str, position: int) -> tuple:
+        run = self._run(audit_id)
+        rows = run.rows(REVIEW_ROWS)
+        if not rows:
+            return 0, "The report holds no suspect.", None, None, None, ""
+        position = min(max(int(position), 0), len(rows) - 1)
+        row = rows[position]
+        evidence = self._evidence_of(run, audit_id, row)
+        decisions = load_decisions(run.report)
+        decision = decisions.get(row["image"], {}).get(row["class"])
+        made = [d for d in (decisions.get(r["image"], {}).get(r["class"]) for r in rows) if d is not None]
+        given = "annotated positive" if evidence["positive_given"] else "no annotated positive; top prediction"
+        rule = "rejected by the rule" if evidence["rejected"] else "not rejected by the rule"
+        question = (
+            f"**Suspect {position + 1} of {len(rows)}** · `{row['image']}`  \n"
+            f"Is there a **{row['class']}** in this image? The CAM is that of `{evidence['positive']}` ({given}).  \n"
+            f"Score {float(row['score']):.3f} · probability {evidence['probability']:.3f} · logit "
+            f"{evidence['logit']:.2f} → {evidence['masked_logit']:.2f} masked (gap {evidence['gap']:.2f}, {rule}).  \n"
+            f"Decision: **{DECISION_LABELS.get(decision, 'undecided')}**"
+        )
+        status = (f"Decided {len(made)} of {len(rows)}: {made.count('confirm')} confirmed, {made.count('dismiss')} "
+                  "dismissed. Keys: **C** confirm · **D** dismiss · **←/→** or **P/N** previous/next · **U** undo.")
+        crop = evidence["crop"] if evidence["box"] is not None else None
+        return position, question, evidence["overlay"], evidence["masked_image"], crop, status
+
+    def review_open(self, audit_id: str | None) -> tuple:
+        """Open the review at the best-ranked undecided suspect."""
+        run = self._run(audit_id)
+        decisions = load_decisions(run.report)
+        rows = run.rows(REVIEW_ROWS)
+        first = next((i for i, row in enumerate(rows) if row["class"] not in decisions.get(row["image"], {})), 0)
+        return self._review_view(audit_id, first)
+
+    def review_move(self, audit_id: str | None, position: int, step: int) -> tuple:
+        return self._review_view(audit_id, int(position or 0) + step)
+
+    def review_decide(self, audit_id: str | None, position: int, decision: str | None) -> tuple:
+        """Record ``decision`` (None withdraws it) on the suspect shown; a decision moves on to the next."""
+        run = self._run(audit_id)
+        rows = run.rows(REVIEW_ROWS)
+        position = min(max(int(position or 0), 0), max(len(rows) - 1, 0))
+        if rows:
+            row = rows[position]
+            try:
+                record_decision(run.report, row["image"], row["class"], decision)
+            except ReviewError as error:
+                raise UserError(str(error), title="Cannot record this decision") from None
+        return self._review_view(audit_id, position + (decision is not None))
+
+    def review_export(self, audit_id: str | None) -> tuple[gr.File, str]:
+        """The audited split's CSV with the decisions applied, to download (the file box appears)."""
+        run = self._run(audit_id)
+        out = run.folder / "corrected" / run.meta["split_csv"]
+        try:
+            result = export_corrected_dataset(run.dataset, run.meta["split_csv"], load_decisions(run.report), out)
+        except (ReviewError, OSError) as error:
+            raise UserError(str(error), title="Cannot export") from None
+        message = (f"Wrote `{run.meta['split_csv']}` with {result['confirmed']} labels added and "
+                   f"{result['dismissed']} classes marked absent (`negatives` column).")
+        if result["problems"]:
+            message += " Not applied: " + "; ".join(result["problems"][:5])
+        return gr.File(value=str(out), visible=True), message
+
+    def restore(self, audit_id: str | None) -> tuple:
+        """On page load: the session's last audit (its id kept by the browser), or nothing to show."""
+        run = self.workspace.open(audit_id)
+        if run is None:
+            return (gr.skip(),) * 11
+        rows = run.rows(AUDIT_TABLE_ROWS)
+        return (audit_summary_markdown(run.summary), audit_table(rows), gr.skip(), str(run.report), audit_id,
+                *self.review_open(audit_id))
 
 
 # ----------------------------------------------------------------------------------------- page text

@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import sys
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from spml.checkpoint import LoadedModel, save_checkpoint
-from spml.data.synthetic import SYNTHETIC_CLASSES, render_scene
+from spml.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_dataset, render_scene
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.model import create_model
 from spml.rejection import RunningThresholds
@@ -118,15 +119,40 @@ def load_app_module():
 
 
 @pytest.fixture(scope="module")
-def app_url(app_checkpoint: Path) -> Iterator[str]:
+def app_audits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The audit folder of one test module's app: audits and decisions start from nothing."""
+    return tmp_path_factory.mktemp("audits")
+
+
+@pytest.fixture(scope="module")
+def app_url(app_checkpoint: Path, app_audits: Path) -> Iterator[str]:
     """The app of app.py on the fixture checkpoint, launched on a free local port for one test module."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    demo = load_app_module().build_app(str(app_checkpoint))
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app = load_app_module()
+    demo = app.build_app(str(app_checkpoint), audits=app_audits)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=app.CSS)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def audit_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small synthetic data set zipped as a user would upload it, and two zips that must be refused."""
+    folder = tmp_path_factory.mktemp("audit-zips")
+    root = make_synthetic_dataset(folder / "shapes", train=12, val=0, test=0, image_size=64, progress=False)
+    good = folder / "shapes.zip"
+    with zipfile.ZipFile(good, "w") as archive:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                archive.write(path, Path("shapes") / path.relative_to(root))
+    evil = folder / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../outside.csv", "image,labels\n")
+    broken = folder / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 this is not really a zip")
+    return {"good": good, "evil": evil, "broken": broken}

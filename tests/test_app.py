@@ -161,6 +161,14 @@ def test_checkpoint_registry_lists_and_guards(app_checkpoint, tmp_path):
         registry.get("/etc")
 
 
+def test_unreachable_hub_checkpoint_is_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    registry = ui.CheckpointRegistry("hf://nobody/no-such-model@main", base_dir=tmp_path, device="cpu")
+    controller = ui.Controller(registry, ui.ExampleCache(tmp_path))
+    with pytest.raises(gr.Error, match="could not fetch hf://nobody/no-such-model@main"):
+        controller.checkpoint_defaults()
+
+
 def test_select_checkpoint_and_description(controller, app_checkpoint):
     key, description, positive, threshold, norm, examples = controller.select_checkpoint(str(app_checkpoint))
     assert key == str(app_checkpoint)
@@ -229,3 +237,78 @@ def test_api_serves_concurrent_users(served, app_inputs):
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
     assert all(len(result) == 6 and result[0]["label"] in SYNTHETIC_CLASSES for result in results)
+
+
+# ------------------------------------------------------------------------------------------ audit
+
+
+@pytest.fixture(scope="module")
+def auditor(app_checkpoint, tmp_path_factory) -> ui.AuditController:
+    registry = ui.CheckpointRegistry(str(app_checkpoint), base_dir=ROOT, device="cpu")
+    return ui.AuditController(registry, ui.AuditWorkspace(tmp_path_factory.mktemp("audits")))
+
+
+def test_audit_callback_ranks_shows_evidence_and_finds_the_audit_again(auditor, audit_zips):
+    summary, table, gallery, report, audit_id = auditor.audit(str(audit_zips["good"]), gallery_size=3)
+    assert "images of `train`" in summary and "Hidden labels known" in summary
+    assert table["headers"][:3] == ["rank", "image", "class"] and table["data"][0][0] == 1
+    scores = [row[3] for row in table["data"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len(gallery) == 3 and gallery[0][0].ndim == 3 and gallery[0][1].startswith("#1 ")
+    assert Path(report).read_text().startswith("rank,image,class,score")
+    again = auditor.audit({"path": str(audit_zips["good"]), "orig_name": "shapes.zip"}, gallery_size=0)
+    assert again[4] == audit_id and again[2] == [], "the same upload reopens the finished audit"
+
+
+def test_review_decisions_persist_undo_and_export(auditor, audit_zips):
+    *_, audit_id = auditor.audit(str(audit_zips["good"]), gallery_size=0)
+    position, question, overlay, masked, crop, status = auditor.review_open(audit_id)
+    assert position == 0 and "Suspect 1 of" in question and "undecided" in question and overlay.ndim == 3
+    first = auditor.workspace.open(audit_id).rows(2)
+    position, *_, status = auditor.review_decide(audit_id, position, "confirm")
+    assert position == 1 and "Decided 1" in status and "1 confirmed" in status
+    position, *_, status = auditor.review_decide(audit_id, position, "dismiss")
+    assert position == 2 and "1 dismissed" in status
+    # A restart: new controller and workspace objects, same folder. The review resumes where it was.
+    restarted = ui.AuditController(auditor.registry, ui.AuditWorkspace(auditor.workspace.directory))
+    restored = restarted.restore(audit_id)
+    assert restored[4] == audit_id and restored[5] == 2 and "Decided 2" in restored[-1]
+    position, question, *_ = restarted.review_move(audit_id, 2, -1)
+    assert position == 1 and "dismissed" in question
+    *_, status = restarted.review_decide(audit_id, position, None)
+    assert "Decided 1 " in status
+    exported, message = restarted.review_export(audit_id)
+    assert "1 labels added and 0 classes" in message and exported.visible
+    rows = {line.split(",")[0]: line for line in Path(exported.value["path"]).read_text().splitlines()[1:]}
+    assert first[0]["class"] in rows[first[0]["image"]]
+    assert restarted.restore("f" * 24) == (gr.skip(),) * 11 and restarted.restore("../etc") == (gr.skip(),) * 11
+
+
+def test_audit_refuses_bad_uploads_clearly(auditor, audit_zips, monkeypatch):
+    cases = [
+        ((str(audit_zips["evil"]),), "leaves the extraction folder"),
+        ((str(audit_zips["broken"]),), "not a readable zip"),
+        ((None,), "Upload a zip"),
+        ((None, "train", 10, 0, "/etc"), "reading folders on the server is off"),
+        ((str(audit_zips["good"]), "holdout"), "no split 'holdout'"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(gr.Error) as caught:
+            auditor.audit(*arguments)
+        assert message in caught.value.message and "/tmp" not in caught.value.message, caught.value.message
+    monkeypatch.setenv("SPML_ALLOW_SERVER_PATHS", "1")
+    with pytest.raises(gr.Error, match="not a data set folder"):
+        auditor.audit(None, "train", 10, 0, "/etc")
+    with pytest.raises(gr.Error, match="No finished audit"):
+        auditor.review_open("0" * 24)
+
+
+def test_api_audit_endpoint(served, audit_zips):
+    from gradio_client import handle_file
+
+    parameters = served.view_api(print_info=False, return_format="dict")["named_endpoints"]["/audit"]["parameters"]
+    assert parameters[0]["parameter_name"] == "zip_file" and not parameters[0]["parameter_has_default"]
+    assert all(p["parameter_has_default"] for p in parameters[1:])
+    summary, table, gallery, report = served.predict(handle_file(str(audit_zips["good"])), api_name="/audit")
+    assert "images of `train`" in summary and table["data"][0][0] == 1 and len(gallery) == 12
+    assert Path(report).read_text().startswith("rank,image,class,score")

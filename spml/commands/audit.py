@@ -69,7 +69,8 @@ def run_audit(args: argparse.Namespace) -> int:
         print(f"hidden positives: {evaluation['hidden_positives']}")
         for name, ranking in evaluation["rankings"].items():
             overall = ranking["overall"]
-            print(f"  {name:12s} AP {overall['average_precision']:.4f}  AUROC {overall['auroc'] or float('nan'):.4f}  "
+            auroc = float("nan") if overall["auroc"] is None else overall["auroc"]
+            print(f"  {name:12s} AP {overall['average_precision']:.4f}  AUROC {auroc:.4f}  "
                   f"P@100 {overall['precision_at_100']:.3f}  R@100 {overall['recall_at_100']:.3f}  "
                   f"P@hidden {overall['precision_at_hidden']:.3f}")
     if args.json:

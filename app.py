@@ -42,10 +42,10 @@ def audit_dir() -> Path:
 def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.Blocks:
     registry = ui.CheckpointRegistry(checkpoint or os.environ.get("SPML_CHECKPOINT") or ui.DEFAULT_CHECKPOINT,
                                      base_dir=HERE)
-    inspect = ui.Controller(registry, ui.ExampleCache(Path(tempfile.gettempdir()) / "spml-examples"))
+    inspector = ui.Controller(registry, ui.ExampleCache(Path(tempfile.gettempdir()) / "spml-examples"))
     workspace = ui.AuditWorkspace(audits or audit_dir())
     audit = ui.AuditController(registry, workspace)
-    defaults = inspect.checkpoint_defaults()  # loads the configured checkpoint: a bad one fails at start
+    defaults = inspector.checkpoint_defaults()  # loads the configured checkpoint: a bad one fails at start
     model_event = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
     private = {"api_visibility": "private"}
 
@@ -138,11 +138,11 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
         analysis = [labels, overlay, masked, crop, table, summary]
         # preprocess=False: the callback reads the uploaded file itself, so a file that is no image, or
         # one too large to decode safely, gets spml's clear message instead of a decoder crash.
-        run.click(inspect.analyze, inputs=[image, positive, threshold, norm, session_checkpoint],
+        run.click(inspector.analyze, inputs=[image, positive, threshold, norm, session_checkpoint],
                   outputs=analysis, api_name="analyze", preprocess=False, **model_event)
-        examples.click(inspect.example, inputs=[examples, session_checkpoint, positive, threshold, norm],
+        examples.click(inspector.example, inputs=[examples, session_checkpoint, positive, threshold, norm],
                        outputs=[image, *analysis], **private, **model_event)
-        selector.change(inspect.select_checkpoint, inputs=selector,
+        selector.change(inspector.select_checkpoint, inputs=selector,
                         outputs=[session_checkpoint, description, positive, threshold, norm, examples],
                         **private, **model_event)
 

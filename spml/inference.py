@@ -8,9 +8,14 @@ run fastest on. The folded network can no longer be trained: use it for the app,
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
 import torch
 import torch.fx
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class _Tracer(torch.fx.Tracer):
@@ -46,9 +51,16 @@ def _fold(conv: nn.Conv2d, norm: nn.Module) -> None:
 def fold_batchnorm(module: nn.Module) -> int:
     """Fold, in place, each BatchNorm whose only input is a convolution used by nothing else; returns
     how many were folded. The pairs come from a symbolic trace, so the module's own forward (and its
-    structure) stays as it is: a folded BatchNorm is replaced by ``nn.Identity``."""
-    graph = _Tracer().trace(module)
+    structure) stays as it is: a folded BatchNorm is replaced by ``nn.Identity``. A module that the
+    trace cannot follow (data-dependent control flow) is left as it is, with a warning."""
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as error:  # noqa: BLE001 - tracing fails in many ways; unfolded is still correct
+        log.warning("BatchNorm not folded: %s cannot be traced (%s: %s)", type(module).__name__,
+                    type(error).__name__, error)
+        return 0
     modules = dict(module.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     folded = 0
     for node in graph.nodes:
         if node.op != "call_module" or not _is_foldable_norm(modules[node.target]):
@@ -56,6 +68,8 @@ def fold_batchnorm(module: nn.Module) -> int:
         source = node.args[0] if node.args else None
         if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1):
             continue
+        if calls[node.target] != 1 or calls[source.target] != 1:
+            continue  # a module called twice serves another input too: folding would change that one
         conv = modules[source.target]
         if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
             continue

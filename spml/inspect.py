@@ -8,8 +8,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spml.cam import (CAM_NORMS, apply_masks, crop_to_box, heatmap_overlay, mask_box, masked_display,
-                      normalize_cams, upsample_maps)
+from spml.cam import (
+    CAM_NORMS,
+    apply_masks,
+    crop_to_box,
+    heatmap_overlay,
+    mask_box,
+    masked_display,
+    normalize_cams,
+    upsample_maps,
+)
 from spml.checkpoint import LoadedModel
 from spml.data.images import ImageSource, load_image
 from spml.data.transforms import eval_transform
@@ -105,7 +113,7 @@ def analyze(
                                         model.thresholds.gap_threshold_tensor, model.thresholds.class_average)[0]
         rejected_indices = [int(i) for i in torch.nonzero(rejected_flags).flatten()]
         gap_threshold = model.thresholds.gap_threshold
-        class_average = dict(zip(model.classes, model.thresholds.class_average.cpu().tolist()))
+        class_average = dict(zip(model.classes, model.thresholds.class_average.cpu().tolist(), strict=True))
     else:
         rejected_indices, gap_threshold, class_average = [], None, None
 
@@ -118,10 +126,10 @@ def analyze(
     return AnalysisResult(
         image=rgb,
         classes=list(names),
-        probabilities=dict(zip(names, probabilities.cpu().tolist())),
-        logits=dict(zip(names, logits.cpu().tolist())),
-        masked_logits=dict(zip(names, masked_logits.cpu().tolist())),
-        gaps=dict(zip(names, gaps.cpu().tolist())),
+        probabilities=dict(zip(names, probabilities.cpu().tolist(), strict=True)),
+        logits=dict(zip(names, logits.cpu().tolist(), strict=True)),
+        masked_logits=dict(zip(names, masked_logits.cpu().tolist(), strict=True)),
+        gaps=dict(zip(names, gaps.cpu().tolist(), strict=True)),
         positive=names[positive_index],
         positive_given=given,
         cam=cam,

@@ -53,7 +53,7 @@ def roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
     sorted_scores = scores[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
     ends = np.r_[starts[1:], scores.size]
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         ranks[order[start:end]] = (start + end + 1) / 2.0
     u_statistic = ranks[targets].sum() - positives * (positives + 1) / 2.0
     return float(u_statistic / (positives * negatives))

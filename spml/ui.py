@@ -52,7 +52,7 @@ EXAMPLE_SEED = 0  # the seed `train prepare synthetic` defaults to: examples are
 EXAMPLE_COUNT = 8
 NORM_LABELS = {"image": "per image (paper)", "reference": "reference code"}
 TABLE_HEADERS = ["class", "probability", "logit", "masked logit", "gap", "T_gap", "A_c", "rejected"]
-_GRAY_MODES = {"1", "L", "P", "LA", "PA"}
+_GRAY_MODES = {"1", "L", "P"}
 _DEEP_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
 
 

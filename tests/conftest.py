@@ -156,3 +156,13 @@ def audit_zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     broken = folder / "broken.zip"
     broken.write_bytes(b"PK\x03\x04 this is not really a zip")
     return {"good": good, "evil": evil, "broken": broken}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: the tests' tensors are tiny, and on a shared 2-core machine torch's spinning
+    worker threads made a millisecond step take seconds."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import sys
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,6 +76,27 @@ def test_fold_leaves_a_shared_convolution_alone():
 
     module = Branches().eval()
     assert fold_batchnorm(module) == 0 and isinstance(module.bn, torch.nn.BatchNorm2d)
+
+
+def test_fold_leaves_reused_modules_and_untraceable_ones_alone():
+    class Reused(torch.nn.Module):  # one BatchNorm after two convolutions: folding it into either is wrong
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.a(x)) + self.bn(self.b(x))
+
+    class Branching(torch.nn.Module):  # data-dependent control flow: symbolic tracing fails
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    assert fold_batchnorm(Reused().eval()) == 0 and fold_batchnorm(Branching().eval()) == 0
 
 
 # ------------------------------------------------------------------------------------ callbacks
@@ -159,6 +182,17 @@ def test_checkpoint_registry_lists_and_guards(app_checkpoint, tmp_path):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.network.modules()), "optimised on load"
     with pytest.raises(gr.Error, match="unknown checkpoint"):
         registry.get("/etc")
+
+
+def test_gpu_decorator_uses_spaces_when_present(monkeypatch):
+    def work(x):
+        return x + 1
+
+    assert ui.gpu(work) is work, "without the spaces package nothing changes"
+    lent = []
+    fake = types.SimpleNamespace(GPU=lambda fn, duration: lent.append(duration) or (lambda *a: fn(*a) * 10))
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert ui.gpu(work)(1) == 20 and ui.gpu(duration=120)(work)(2) == 30 and lent == [60, 120]
 
 
 def test_unreachable_hub_checkpoint_is_a_clear_message(tmp_path, monkeypatch):

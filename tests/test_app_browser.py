@@ -1,7 +1,7 @@
 """The page in headless Chromium (Debian's package, driven by playwright): upload, analyse, see every output.
 
 Skips when /usr/bin/chromium is missing, except under CI (the CI environment variable set), where it fails.
-A screenshot of the analysed page is written to artifacts/app-inspect.png.
+Screenshots go to artifacts/: app-inspect.png (an analysed image) and app-review.png (an audit under review).
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def browser_page(app_url) -> Iterator:
+def browser_page(request: pytest.FixtureRequest) -> Iterator:
     if not CHROMIUM.is_file():
         message = f"{CHROMIUM} is missing: run .ci/install_browser.sh (Debian's chromium package)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
+
+    app_url = request.getfixturevalue("app_url")  # launched only once the browser is known to be there
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -18,15 +18,6 @@ from spml.data.transforms import IMAGENET_MEAN
 from spml.model import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy shared CPU (no spin-waiting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 

@@ -18,15 +18,6 @@ from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from spml.model import create_model
 from spml.rejection import RunningThresholds
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy shared CPU (no spin-waiting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 CLASSES = ["cat", "dog", "traffic light"]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -26,15 +26,6 @@ from spml.losses import (
 from spml.model import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy shared CPU (no spin-waiting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def sig(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 

@@ -8,15 +8,6 @@ import torch
 from spml.model import ARCHITECTURES, ModelOutput, create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy shared CPU (no spin-waiting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("arch,options,size,dim,grid", [
     ("compact", {"width": 8}, 32, 64, 2),  # output stride 16, 8 * width channels
     ("compact", {"width": 8}, 48, 64, 3),

@@ -8,15 +8,6 @@ import torch
 from spml.rejection import RunningThresholds, logit_gap, rejection_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy shared CPU (no spin-waiting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def t(values, dtype=torch.float32) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype)
 

@@ -123,7 +123,7 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_world, tmp_path):
 
 def test_ddp_with_two_processes_on_gloo(tiny_world, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "train", "fit", "--data", str(tiny_world), "--out", str(out), "--loss", "calr",
                "--arch", "compact", "--no-pretrained", "--epochs", "2", "--batch-size", "4", "--image-size", "32",
                "--warmup-epochs", "1", "--device", "cpu", "--workers", "0"]
@@ -189,8 +189,10 @@ def test_recipes_load_and_name_real_options():
         assert f"train/configs/{recipe.name}" in recipe.read_text()
 
 
-def test_bench_json_has_the_figures(capsys):
-    code = train_main(["bench", "--arch", "compact", "--image-size", "32", "--batch-size", "2", "--steps", "1",
+@pytest.mark.parametrize("arch", [["--arch", "compact"], ["--arch", "q2l", "--arch-options",
+                                  '{"backbone": "compact", "hidden_dim": 32, "feedforward_dim": 64}']])
+def test_bench_json_has_the_figures(capsys, arch):
+    code = train_main(["bench", *arch, "--image-size", "32", "--batch-size", "2", "--steps", "1",
                        "--warmup", "0", "--device", "cpu", "--json"])
     assert code == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

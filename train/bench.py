@@ -103,7 +103,9 @@ def run_bench(arch: str = "resnet50", image_size: int | None = None, batch_size:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--arch", default="resnet50", help="any architecture, q2l included")
+    parser.add_argument("--arch-options", type=json.loads, default=None,
+                        help='JSON options of the architecture, e.g. \'{"hidden_dim": 512}\' for q2l')
     parser.add_argument("--image-size", type=int, help="default 224 on the CPU, 448 on CUDA")
     parser.add_argument("--batch-size", type=int, help="default 4 on the CPU, 16 on CUDA")
     parser.add_argument("--num-classes", type=int, default=20)
@@ -117,7 +119,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     result = run_bench(args.arch, args.image_size, args.batch_size, args.num_classes, args.steps, args.warmup,
-                       args.device, args.amp)
+                       args.device, args.amp, args.arch_options)
     print(f"{result['arch']} at {result['image_size']} px, batch {result['batch_size']}, {result['device']}:")
     for name in ("an", "calr", "reference"):
         print(f"  {name:<10} {result[name + '_step_s'] * 1000:9.1f} ms/step")

@@ -21,7 +21,15 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from spml.checkpoint import LoadedModel, save_checkpoint
-from spml.data import ImageDataset, ImageLoadError, Split, eval_transform, load_dataset, strong_transform, weak_transform
+from spml.data import (
+    ImageDataset,
+    ImageLoadError,
+    Split,
+    eval_transform,
+    load_dataset,
+    strong_transform,
+    weak_transform,
+)
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.losses import CALR, Objective, StepResult, create_objective
 from spml.metrics import mean_average_precision

@@ -44,7 +44,8 @@ with the `spml` project, loss `{training.get('loss', 'unknown')}`.
 | architecture | `{arch}`, input {config['input']['image_size']} x {config['input']['image_size']} |
 | data set | `{training.get('dataset', 'unknown')}` |
 | epochs, seed | {training.get('epochs', '?')}, {training.get('seed', '?')} |
-| best validation mAP (clean labels) | {_format_map(training.get('best_val_map'))} (epoch {training.get('best_epoch', '?')}) |
+| best validation mAP (clean labels) | {_format_map(training.get('best_val_map'))} \
+(epoch {training.get('best_epoch', '?')}) |
 | test mAP | {_format_map(training.get('test_map'))} |
 | CAM | normalisation `{config['cam']['normalization']}`, threshold {config['cam']['threshold']} |
 | rejection thresholds | {thresholds} |

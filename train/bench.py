@@ -64,7 +64,7 @@ def time_steps(model: nn.Module, objective: Objective, batch: dict[str, Tensor],
 
 
 def run_bench(arch: str = "resnet50", image_size: int | None = None, batch_size: int | None = None,
-              num_classes: int = 20, steps: int = 3, warmup: int = 1, device: str = "auto",
+              num_classes: int = 20, steps: int = 6, warmup: int = 2, device: str = "auto",
               amp: bool | None = None, arch_options: dict[str, Any] | None = None) -> dict[str, Any]:
     resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                             ("cpu" if device == "auto" else device))
@@ -109,8 +109,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, help="default 224 on the CPU, 448 on CUDA")
     parser.add_argument("--batch-size", type=int, help="default 4 on the CPU, 16 on CUDA")
     parser.add_argument("--num-classes", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")

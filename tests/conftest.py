@@ -27,10 +27,11 @@ from spml.rejection import RunningThresholds
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_app_checkpoint(directory: Path, classes: list[str] | None = None, image_size: int = 128) -> Path:
-    """A compact untrained network with the synthetic world's classes and thresholds low enough that
-    the rule rejects something, written as a real checkpoint."""
-    classes = list(classes or SYNTHETIC_CLASSES)
+def make_spread_model(image_size: int = 128, gap_threshold: float = 0.2, class_average: float = -5.0,
+                      training: dict | None = None) -> LoadedModel:
+    """An untrained compact network with the synthetic world's classes, amplified so that its logits and
+    gaps spread, and thresholds low enough that the rule rejects something."""
+    classes = list(SYNTHETIC_CLASSES)
     torch.manual_seed(0)
     network = create_model("compact", len(classes), width=8).eval()
     with torch.no_grad():  # untrained activations fade layer by layer: amplify so that logits and gaps spread
@@ -39,13 +40,17 @@ def make_app_checkpoint(directory: Path, classes: list[str] | None = None, image
                 module.weight.fill_(1.8)
         network.head.weight.mul_(30.0)
     thresholds = RunningThresholds(len(classes))
-    thresholds.load_state_dict({**thresholds.state_dict(), "raw_gap": 0.2,
-                                "raw_class_average": [-5.0] * len(classes)})
-    model = LoadedModel(network=network, classes=classes, image_size=image_size, mean=IMAGENET_MEAN,
-                        std=IMAGENET_STD, cam_norm="image", cam_threshold=0.5, thresholds=thresholds,
-                        training={"dataset": "data/synthetic", "loss": "calr", "test_map": 42.5,
-                                  "best_val_map": 43.0, "epochs": 1})
-    return save_checkpoint(model, directory)
+    thresholds.load_state_dict({**thresholds.state_dict(), "raw_gap": gap_threshold,
+                                "raw_class_average": [class_average] * len(classes)})
+    return LoadedModel(network=network, classes=classes, image_size=image_size, mean=IMAGENET_MEAN,
+                       std=IMAGENET_STD, cam_norm="image", cam_threshold=0.5, thresholds=thresholds,
+                       training=training or {}, source="spread")
+
+
+def make_app_checkpoint(directory: Path) -> Path:
+    """The spread model written as a real checkpoint, with a training summary for the page to show."""
+    training = {"dataset": "data/synthetic", "loss": "calr", "test_map": 42.5, "best_val_map": 43.0, "epochs": 1}
+    return save_checkpoint(make_spread_model(training=training), directory)
 
 
 @pytest.fixture(scope="session")

@@ -14,31 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_spread_model
 
 from spml.audit import _PART_COLUMNS, REPORT_COLUMNS, _merge, audit_dataset, batch_evidence, missing_label_score
 from spml.checkpoint import LoadedModel, load_model, save_checkpoint
-from spml.data import IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
+from spml.data import SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
 from spml.metrics import StreamingRanking, average_precision, precision_recall_at_k, roc_auc
-from spml.model import create_model
-from spml.rejection import RunningThresholds
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_model(image_size: int = 32) -> LoadedModel:
-    """An untrained compact network whose logits and gaps spread, with thresholds the rule can pass."""
-    torch.manual_seed(0)
-    network = create_model("compact", len(SYNTHETIC_CLASSES), width=8).eval()
-    with torch.no_grad():
-        for module in network.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.fill_(1.8)
-        network.head.weight.mul_(30.0)
-    thresholds = RunningThresholds(len(SYNTHETIC_CLASSES))
-    thresholds.load_state_dict({**thresholds.state_dict(), "raw_gap": 0.05,
-                                "raw_class_average": [-1.0] * len(SYNTHETIC_CLASSES)})
-    return LoadedModel(network, list(SYNTHETIC_CLASSES), image_size, IMAGENET_MEAN, IMAGENET_STD,
-                       thresholds=thresholds, source="tiny")
+    return make_spread_model(image_size, gap_threshold=0.05, class_average=-1.0)
 
 
 @pytest.fixture(scope="module")

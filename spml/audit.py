@@ -77,7 +77,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
-from spml.cam import apply_masks, cam_masks
+from spml.cam import apply_masks, positive_masks
 from spml.checkpoint import LoadedModel
 from spml.data.dataset import ImageDataset
 from spml.data.generic import Split, load_dataset
@@ -136,14 +136,12 @@ def batch_evidence(model: LoadedModel, images: torch.Tensor, observed: torch.Ten
     network = model.network
     output = network(images)
     logits = output.logits.float()
-    is_positive = observed == 1
-    has_positive = is_positive.any(dim=1)
+    has_positive = (observed == 1).any(dim=1)
     masked_logits = logits.clone()
     if bool(has_positive.any()):
-        # Maps of every image (one cheap product); an image without a positive gets an all-ones mask
-        # from cam_masks, so only the others need the masked pass.
-        cams = network.class_maps(output, is_positive.to(torch.uint8).argmax(dim=1))
-        masks = cam_masks(cams.float(), tuple(images.shape[-2:]), model.cam_threshold, "image", has_positive)
+        # Per-image normalisation whatever the checkpoint says (see the module documentation). Images
+        # without a positive get an all-ones mask, z^M = z: only the others need the masked pass.
+        masks = positive_masks(network, output, observed, tuple(images.shape[-2:]), model.cam_threshold, "image")
         if bool(has_positive.all()):
             masked_logits = network(apply_masks(images, masks)).logits.float()
         else:

@@ -7,12 +7,15 @@ mask training used.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from spml.model import ModelOutput, SPMLModel
 
 CamNorm = Literal["image", "reference"]
 CAM_NORMS: tuple[str, ...] = ("image", "reference")
@@ -64,6 +67,17 @@ def cam_masks(
     if bool(has_positive.any()):
         masks[has_positive] = upsample_maps(normalize_cams(cams[has_positive], mode), size) > threshold
     return masks
+
+
+def positive_masks(network: SPMLModel, output: ModelOutput, observed: Tensor, size: tuple[int, int], threshold: float,
+                   mode: CamNorm = "image") -> Tensor:
+    """Boolean (B, H, W) masks of each image's observed positive (``observed == 1``) from the maps of
+    ``output``, the network's forward pass on those images (no second backbone pass); all ones for an
+    image without an observed positive. The trainer and the audit both mask through here."""
+    is_positive = observed == 1
+    positive_class = is_positive.to(torch.uint8).argmax(dim=1)  # any index where there is none: unused
+    cams = network.class_maps(output, positive_class)
+    return cam_masks(cams.float(), size, threshold, mode, is_positive.any(dim=1))
 
 
 def apply_masks(images: Tensor, masks: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spml.cam import CamNorm, apply_masks, cam_masks
+from spml.cam import CamNorm, apply_masks, positive_masks
 from spml.model import SPMLModel
 from spml.rejection import RunningThresholds, rejection_mask
 
@@ -321,11 +321,9 @@ class CALR(Objective):
     def masked_logits(self, model: nn.Module, spml_model: SPMLModel, images: Tensor, output,
                       observed: Tensor) -> Tensor:
         """Logits of the images masked to their observed positive's CAM (detached)."""
-        has_positive = (observed == 1).any(dim=1)
-        positive_class = (observed == 1).to(torch.uint8).argmax(dim=1)
         with torch.no_grad():
-            cams = spml_model.class_maps(output, positive_class)
-            masks = cam_masks(cams.float(), tuple(images.shape[-2:]), self.cam_threshold, self.cam_norm, has_positive)
+            masks = positive_masks(spml_model, output, observed, tuple(images.shape[-2:]), self.cam_threshold,
+                                   self.cam_norm)
             masked_images = apply_masks(images, masks)
         if self.reference:
             return model(masked_images).logits.detach()

@@ -60,7 +60,7 @@ class LoadedModel:
             return self.classes.index(name)
         except ValueError:
             shown = ", ".join(self.classes[:30]) + (" ..." if len(self.classes) > 30 else "")
-            raise ValueError(f"unknown class {name!r}; this model knows: {shown}") from None
+            raise ValueError(f"Unknown class {name!r}. This checkpoint knows: {shown}.") from None
 
     def config(self) -> dict[str, Any]:
         return build_config(self.network, self.classes, self.image_size, self.mean, self.std,

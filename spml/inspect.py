@@ -90,9 +90,9 @@ def analyze(
     threshold = model.cam_threshold if cam_threshold is None else float(cam_threshold)
     norm = model.cam_norm if cam_norm is None else cam_norm
     if norm not in CAM_NORMS:
-        raise ValueError(f"unknown CAM normalisation {norm!r}; choose one of {', '.join(CAM_NORMS)}")
+        raise ValueError(f"Unknown CAM normalisation {norm!r}; choose one of {', '.join(CAM_NORMS)}.")
     if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"the CAM threshold must be in [0, 1), got {threshold}")
+        raise ValueError(f"The CAM threshold must be in [0, 1), got {threshold}.")
     picture = load_image(image)
     rgb = np.asarray(picture, dtype=np.uint8)
     network, device = model.network, model.device

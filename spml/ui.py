@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 from spml.audit import audit_dataset, report_json_path
-from spml.cam import CAM_NORMS
 from spml.checkpoint import CheckpointError, LoadedModel, load_model, read_config
 from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import DOWNSCALED_KEY, MAX_SIDE, ImageLoadError, load_image
@@ -381,18 +380,10 @@ class Controller:
 
     def _view(self, model: LoadedModel, source: str | bytes, name: str | None, positive: str | None,
               cam_threshold: float | None, cam_norm: str | None, notes: list[str] | None = None) -> AnalysisView:
-        positive = (positive or "").strip()
-        if positive and positive not in model.classes:
-            shown = ", ".join(model.classes[:30]) + (" ..." if len(model.classes) > 30 else "")
-            raise UserError(f"Unknown class {positive!r}. This checkpoint knows: {shown}.", title="Unknown class")
-        if cam_norm not in (None, "", *CAM_NORMS):
-            raise UserError(f"Unknown CAM normalisation {cam_norm!r}; choose one of {', '.join(CAM_NORMS)}.")
         try:
             threshold = None if cam_threshold in (None, "") else float(cam_threshold)
         except (TypeError, ValueError):
             raise UserError(f"The CAM threshold must be a number, got {cam_threshold!r}.") from None
-        if threshold is not None and not 0.0 <= threshold < 1.0:
-            raise UserError(f"The CAM threshold must be in [0, 1), got {threshold}.")
         try:
             picture = load_image(source)
         except ImageLoadError as error:
@@ -402,7 +393,9 @@ class Controller:
             raise UserError(message) from None
         notes = [*(notes or []), *input_notes(source if isinstance(source, str) else None, picture)]
         try:
-            result = run_analysis(model, picture, positive, threshold, cam_norm or None)
+            result = run_analysis(model, picture, (positive or "").strip(), threshold, cam_norm or None)
+        except ValueError as error:  # analyze's own checks: unknown class, threshold, normalisation
+            raise UserError(str(error)) from None
         except Exception as error:  # noqa: BLE001 - any failure must leave the app serving the next request
             log.exception("analysis failed")
             raise gr.Error(f"The analysis failed ({type(error).__name__}: {error}).") from None

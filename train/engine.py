@@ -101,6 +101,13 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_la
     return moved
 
 
+def steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
+    """Batches an epoch runs: the whole loader, or ``max_steps_per_epoch`` of it for smoke runs."""
+    if config.max_steps_per_epoch is None:
+        return len(loader)
+    return min(len(loader), config.max_steps_per_epoch)
+
+
 def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, epoch: int, device: torch.device,
                     config: TrainConfig, info: distributed.DistInfo, full_labels_known: bool) -> EpochStats:
@@ -113,7 +120,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
     unknown = torch.zeros((), device=device)
     images = 0
     start = time.perf_counter()
-    steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+    steps = steps_per_epoch(loader, config)
     bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not info.is_main,
                dynamic_ncols=True, leave=False)
     objective_parameters = list(objective.parameters())
@@ -228,7 +235,7 @@ def build_objective(config: TrainConfig, train_split: Split) -> Objective:
     if expected is None and config.loss in ("epr", "role"):
         expected = float(train_split.labels.sum(axis=1).mean())
         log.info("expected positives per image not given: using the training labels' mean, %.2f", expected)
-    return create_objective(config.loss, len(train_split.labels[0]) if len(train_split.labels) else 0,
+    return create_objective(config.loss, train_split.labels.shape[1],
                             train_observed=torch.from_numpy(train_split.observed.astype(np.int8)),
                             expected_positives=expected, **options)
 
@@ -342,12 +349,9 @@ def _fit(config: TrainConfig, device: torch.device, info: distributed.DistInfo, 
     generator = torch.Generator()
     loader = DataLoader(source, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=config.workers, collate_fn=collate_skipping_none, generator=generator,
-                        pin_memory=device.type == "cuda", drop_last=False,
-                        persistent_workers=False)
-    steps_per_epoch = len(loader) if config.max_steps_per_epoch is None else min(len(loader),
-                                                                                   config.max_steps_per_epoch)
+                        pin_memory=device.type == "cuda")
     optimizer = build_optimizer(config, network, objective)
-    scheduler = build_scheduler(config, optimizer, steps_per_epoch)
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch(loader, config))
     model: nn.Module = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.enabled else network
 
@@ -408,7 +412,7 @@ def _fit(config: TrainConfig, device: torch.device, info: distributed.DistInfo, 
                      row["images_per_s"])
         state = distributed.broadcast_object(info, state)
         distributed.barrier(info)
-    return _finish(config, dataset, test_split, state, device, info, run, dataset_name)
+    return _finish(config, test_split, state, device, info, run, dataset_name)
 
 
 def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresholds, training: dict) -> LoadedModel:
@@ -417,7 +421,7 @@ def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresho
                        thresholds=thresholds, training=training)
 
 
-def _finish(config: TrainConfig, dataset, test_split: Split | None, state: RunState, device: torch.device,
+def _finish(config: TrainConfig, test_split: Split | None, state: RunState, device: torch.device,
             info: distributed.DistInfo, run: Path, dataset_name: str) -> dict[str, Any]:
     from spml.checkpoint import load_model
 

@@ -35,7 +35,7 @@ from typing import IO, Any
 from PIL import Image
 
 from spml.checkpoint import LoadedModel
-from spml.data.generic import CLASSES_FILE, SEPARATOR, load_dataset
+from spml.data.generic import CLASSES_FILE, SEPARATOR, load_dataset, read_classes, split_names
 from spml.inspect import analyze
 
 DECISIONS = ("confirm", "dismiss")
@@ -140,10 +140,6 @@ def record_decision(report: str | Path, image: str, class_name: str, decision: s
     return load_decisions(report)
 
 
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(SEPARATOR) if part.strip()]
-
-
 def _positives_by_line(dataset_root: Path, csv_path: Path) -> dict[int, str]:
     """The annotated positive of each valid line of ``csv_path``, as the data set reader draws it."""
     data = load_dataset(dataset_root, skip_bad=True)
@@ -176,7 +172,7 @@ def export_corrected_dataset(
     if PurePosixPath(split_csv_name).name != split_csv_name or not split_csv_name.endswith(".csv"):
         raise ReviewError(f"{split_csv_name!r} is not the name of a CSV file of the data set")
     source = root / split_csv_name
-    classes = {line.strip() for line in (root / CLASSES_FILE).read_text(encoding="utf-8-sig").splitlines()}
+    classes = set(read_classes(root))
     with source.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader)
@@ -201,8 +197,8 @@ def export_corrected_dataset(
         if image not in wanted:
             continue
         matched.add(image)
-        labels = _names(record[labels_col])
-        absent = _names(record[negatives_col]) if negatives_col is not None else []
+        labels = split_names(record[labels_col])
+        absent = split_names(record[negatives_col]) if negatives_col is not None else []
         new_labels, new_absent = list(labels), list(absent)
         positive = record[positive_col].strip() if positive_col is not None else drawn.get(line, "")
         for name, decision in wanted[image].items():

@@ -86,7 +86,8 @@ def _join(names: list[str] | tuple[str, ...]) -> str:
     return SEPARATOR.join(names)
 
 
-def _split_names(text: str) -> list[str]:
+def split_names(text: str) -> list[str]:
+    """The class names of a ``labels`` or ``negatives`` field, in order, without repeats."""
     # Empty pieces are dropped so that a trailing ';' or an empty field means "no class".
     names = [part.strip() for part in text.split(SEPARATOR)]
     return list(dict.fromkeys(n for n in names if n))
@@ -191,7 +192,8 @@ def write_dataset(
     return out
 
 
-def _read_classes(root: Path) -> list[str]:
+def read_classes(root: Path) -> list[str]:
+    """The class names of ``root/classes.txt``, checked (no empty, duplicate or ';' names)."""
     path = root / CLASSES_FILE
     if not path.is_file():
         raise DatasetError(f"{path}: missing (a data set folder needs {CLASSES_FILE})")
@@ -302,7 +304,7 @@ class _RowParser:
     check_images: bool
 
     def names(self, text: str, what: str) -> list[str]:
-        names = _split_names(text)
+        names = split_names(text)
         unknown = [n for n in names if n not in self.index]
         if unknown:
             preview = ", ".join(self.classes[:5]) + (", ..." if len(self.classes) > 5 else "")
@@ -385,7 +387,7 @@ def load_dataset(root: str | Path, *, skip_bad: bool = False, check_images: bool
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"{root}: not a data set folder (no such directory)")
-    classes = _read_classes(root)
+    classes = read_classes(root)
     if not (root / "train.csv").is_file():
         raise DatasetError(f"{root / 'train.csv'}: missing (a data set folder needs train.csv)")
     splits: dict[str, Split] = {}

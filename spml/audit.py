@@ -85,6 +85,7 @@ from spml.data.images import ImageLoadError
 from spml.data.transforms import eval_transform
 from spml.metrics import StreamingRanking
 from spml.rejection import logit_gap, rejection_mask
+from spml.runtime import atomic_path, atomic_write_text, close_distributed, init_distributed
 
 SCORE_VERSION = 1
 SCORE_FORMULA = "sigmoid(logit) * sigmoid((logit - masked_logit) / T_gap)"
@@ -187,18 +188,6 @@ def _collate(
     return [index for index, _ in good], images, errors
 
 
-def _distributed() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call started the process group) under torchrun; (0, 1, False) alone."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    # The other ranks wait at a barrier while rank 0 sorts and evaluates: allow a long merge.
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=6))
-    return dist.get_rank(), dist.get_world_size(), True
-
-
 def _fingerprint(model: LoadedModel, split: Split, batch_size: int, world: int) -> str:
     """What a part file depends on: a resumed audit with another model, data or sharding starts over."""
     digest = hashlib.sha256()
@@ -212,12 +201,6 @@ def _fingerprint(model: LoadedModel, split: Split, batch_size: int, world: int) 
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(flat[:: max(1, flat.numel() // 4096)].double().cpu().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _write_json_atomically(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 class _Shard:
@@ -249,7 +232,7 @@ class _Shard:
         self.state["images"] += images
         self.state["candidates"] += candidates
         self.state["skipped"] += skipped
-        _write_json_atomically(self.state_path, self.state)
+        atomic_write_text(self.state_path, json.dumps(self.state, indent=2, allow_nan=False) + "\n")
 
 
 def _gather_parts(work: Path, rank: int, world: int, shard: _Shard) -> list[dict[str, Any]]:
@@ -453,8 +436,7 @@ def _merge(parts: list[Path], work: Path, out: Path, top: int | None, has_truth:
     score_runs = _sorted_runs(counted(_read_parts(parts)), by_score, runs_folder, "score")
     evaluations = {name: _Evaluation(positives) for name in RANKINGS} if has_truth else {}
     written = 0
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(REPORT_COLUMNS)
         for rank, row in enumerate(_merged(score_runs, by_score), start=1):
@@ -465,7 +447,6 @@ def _merge(parts: list[Path], work: Path, out: Path, top: int | None, has_truth:
                 evaluations["audit"].add(float(row[_SCORE]), int(row[_TRUTH]), row[_CLASS])
             elif top is not None and rank >= top:
                 break
-    os.replace(tmp, out)
     if not has_truth:
         return written, rule["rejected"], None
 
@@ -528,7 +509,9 @@ def audit_dataset(
         raise ValueError(f"the data set's classes {data.classes} are not the model's {model.classes}")
     permutation = np.array([data.classes.index(name) for name in model.classes])
     relative = [path.relative_to(data.root).as_posix() for path in part.images]
-    rank, world, owns_group = _distributed()
+    # The other ranks wait at a barrier while rank 0 sorts and evaluates: allow a long merge.
+    info = init_distributed(model.device.type, timeout=timedelta(hours=6))
+    rank, world = info.rank, info.world_size
     work = out.parent / (out.name + ".parts")
     shard = _Shard(work, rank, world, _fingerprint(model, part, batch_size, world), resume)
     resumed_batches = shard.state["batches_done"]
@@ -565,15 +548,14 @@ def audit_dataset(
             "evaluation": evaluation,
         }
         summary["images_per_second"] = summary["images"] / summary["seconds"]
-        _write_json_atomically(json_path, summary)
+        atomic_write_text(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
         shutil.rmtree(work, ignore_errors=True)
     if world > 1:
         box = [summary]
         dist.broadcast_object_list(box, src=0)  # every rank returns the report, with or without a shared disk
         summary = box[0]
         shutil.rmtree(work, ignore_errors=True)  # this rank's parts, where its disk is not rank 0's
-        if owns_group:
-            dist.destroy_process_group()
+        close_distributed(info)
     return AuditReport(csv_path=out, json_path=json_path, summary=summary, images=summary["images"],
                        candidates=summary["candidates"], skipped=summary["skipped"],
                        skipped_messages=summary["skipped_messages"])

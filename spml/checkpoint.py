@@ -6,7 +6,6 @@ Nothing here ever unpickles: weights come from safetensors, everything else from
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from spml.model import SPMLModel, create_model
 from spml.rejection import RunningThresholds
+from spml.runtime import atomic_path, atomic_write_text
 
 FORMAT_NAME = "spml-checkpoint"
 FORMAT_VERSION = 1
@@ -93,12 +93,9 @@ def save_checkpoint(model: LoadedModel, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config()
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.network.state_dict().items()}
-    weights_tmp = directory / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-    config_tmp = directory / (CONFIG_NAME + ".tmp")
-    config_tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(weights_tmp, directory / WEIGHTS_NAME)
-    os.replace(config_tmp, directory / CONFIG_NAME)
+    with atomic_path(directory / WEIGHTS_NAME) as weights_tmp:
+        save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return directory
 
 

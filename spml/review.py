@@ -37,6 +37,7 @@ from PIL import Image
 from spml.checkpoint import LoadedModel
 from spml.data.generic import CLASSES_FILE, SEPARATOR, load_dataset, read_classes, split_names
 from spml.inspect import analyze
+from spml.runtime import atomic_write_text
 
 DECISIONS = ("confirm", "dismiss")
 _CONFIRM_WORDS = {"confirm", "confirmed", "yes", "y", "true", "1"}
@@ -134,9 +135,7 @@ def record_decision(report: str | Path, image: str, class_name: str, decision: s
         store = _read_store(report)
         store.setdefault(image, {})[class_name] = decision
         payload = {"format": _STORE_FORMAT, "version": 1, "report": report.name, "decisions": store}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return load_decisions(report)
 
 
@@ -238,11 +237,7 @@ def export_corrected_dataset(
         if well_formed and add_negatives:
             record = [*record, SEPARATOR.join(negatives.get(line, []))]
         writer.writerow(record)
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, out)
+    out = atomic_write_text(out_csv, buffer.getvalue())
     return {"out": str(out), "rows": len(records), "confirmed": applied["confirm"], "dismissed": applied["dismiss"],
             "positive_column_added": add_positive, "problems": problems}
 

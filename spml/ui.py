@@ -24,7 +24,6 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-import torch
 from PIL import Image
 
 from spml.audit import audit_dataset, report_json_path
@@ -43,6 +42,7 @@ from spml.review import (
     safe_extract_zip,
     suspect_evidence,
 )
+from spml.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def gpu(function: Callable | None = None, *, duration: int = 60) -> Callable:
 def default_device() -> str:
     # On ZeroGPU, CUDA placement at load time is deferred by `spaces` until a decorated call runs.
     zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
-    return "cuda" if zero_gpu or torch.cuda.is_available() else "cpu"
+    return "cuda" if zero_gpu else str(resolve_device("auto"))
 
 
 class UserError(gr.Error):

@@ -71,8 +71,9 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from spml.checkpoint import load_model
     from spml.data import load_dataset
+    from spml.runtime import resolve_device
     from train.config import TrainConfig
-    from train.engine import evaluate, resolve_device
+    from train.engine import evaluate
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from spml.losses import CALR, AssumeNegative, Objective
 from spml.model import ModelOutput, SPMLModel, create_model
+from spml.runtime import resolve_device
 
 
 class ReferenceStyleModel(SPMLModel):
@@ -66,8 +67,7 @@ def time_steps(model: nn.Module, objective: Objective, batch: dict[str, Tensor],
 def run_bench(arch: str = "resnet50", image_size: int | None = None, batch_size: int | None = None,
               num_classes: int = 20, steps: int = 6, warmup: int = 2, device: str = "auto",
               amp: bool | None = None, arch_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                            ("cpu" if device == "auto" else device))
+    resolved = resolve_device(device)
     on_cuda = resolved.type == "cuda"
     image_size = image_size or (448 if on_cuda else 224)
     batch_size = batch_size or (16 if on_cuda else 4)

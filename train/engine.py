@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.losses import CALR, Objective, StepResult, create_objective
 from spml.metrics import mean_average_precision
 from spml.model import SPMLModel, create_model
+from spml.runtime import DistInfo, atomic_path, atomic_write_text, close_distributed, init_distributed, resolve_device
 from train import distributed
 from train.config import TrainConfig
 
@@ -41,15 +41,6 @@ log = logging.getLogger("train")
 STATE_NAME = "state.pt"
 # Options that may differ between the run that started and the command that resumes it.
 _RESUMABLE_DIFFERENCES = {"out", "device", "workers", "log_every", "eval_batch_size"}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} was asked for, but no CUDA GPU is available here "
-                           "(torch.cuda.is_available() is False); use --device cpu or auto")
-    return torch.device(name)
 
 
 class SkipBrokenImages(torch.utils.data.Dataset):
@@ -110,7 +101,7 @@ def steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
 
 def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, epoch: int, device: torch.device,
-                    config: TrainConfig, info: distributed.DistInfo, full_labels_known: bool) -> EpochStats:
+                    config: TrainConfig, info: DistInfo, full_labels_known: bool) -> EpochStats:
     model.train()
     objective.train()
     amp = bool(config.amp)
@@ -193,7 +184,7 @@ def predict(network: nn.Module, loader: DataLoader, device: torch.device, amp: b
 
 
 def evaluate(network: nn.Module, split: Split, config: TrainConfig, device: torch.device,
-             info: distributed.DistInfo = distributed.DistInfo()) -> float:
+             info: DistInfo = DistInfo()) -> float:
     """Clean-label mAP of ``network`` on ``split``; under DDP each rank scores a shard."""
     dataset = ImageDataset(split, eval_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD))
     indices = list(range(info.rank, len(dataset), info.world_size))
@@ -251,28 +242,19 @@ class RunState:
 
 
 def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     if not history:
         return
     columns = list(history[0])
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", newline="") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in history:
             writer.writerow({key: ("" if row.get(key) is None else row[key]) for key in columns})
-    os.replace(temporary, path)
 
 
 def _check_same_run(run: Path, config: TrainConfig) -> None:
@@ -302,9 +284,9 @@ def _thresholds_of(objective: Objective):
 def fit(config: TrainConfig) -> dict[str, Any]:
     """Train, select by clean-validation mAP, test the best model; resume from ``config.out``."""
     device = resolve_device(config.device)
-    info = distributed.setup(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank if config.device in ("auto", "cuda") else device.index or 0)
+    info = init_distributed(device.type)
+    if device.type == "cuda" and config.device == "cuda":
+        device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     if config.amp is None:
         config.amp = device.type == "cuda"
@@ -314,10 +296,10 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     try:
         return _fit(config, device, info, run)
     finally:
-        distributed.cleanup(info)
+        close_distributed(info)
 
 
-def _fit(config: TrainConfig, device: torch.device, info: distributed.DistInfo, run: Path) -> dict[str, Any]:
+def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -> dict[str, Any]:
     dataset = load_dataset(config.data, skip_bad=config.skip_bad)
     train_split, val_split = dataset.split("train"), dataset.split("val")
     test_split = dataset.splits.get("test")
@@ -327,7 +309,7 @@ def _fit(config: TrainConfig, device: torch.device, info: distributed.DistInfo, 
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         _check_same_run(run, config)
-        _write_text_atomic(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     distributed.barrier(info)
     summary_path = run / "summary.json"
     if summary_path.is_file():
@@ -422,7 +404,7 @@ def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresho
 
 
 def _finish(config: TrainConfig, test_split: Split | None, state: RunState, device: torch.device,
-            info: distributed.DistInfo, run: Path, dataset_name: str) -> dict[str, Any]:
+            info: DistInfo, run: Path, dataset_name: str) -> dict[str, Any]:
     from spml.checkpoint import load_model
 
     best = load_model(run / "best", device=device)
@@ -436,7 +418,7 @@ def _finish(config: TrainConfig, test_split: Split | None, state: RunState, devi
     if info.is_main:
         best.training.update({"test_map": test_map})
         save_checkpoint(best, run / "best")
-        _write_text_atomic(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
         log.info("done: best val mAP %.2f at epoch %d, test mAP %s", state.best_val_map, state.best_epoch,
                  "n/a" if test_map is None else f"{test_map:.2f}")
     distributed.barrier(info)

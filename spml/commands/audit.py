@@ -7,12 +7,11 @@ import argparse
 import json
 import os
 
-import torch
-
 from spml.audit import audit_dataset
 from spml.checkpoint import load_model
 from spml.data.generic import load_dataset
 from spml.review import export_corrected_dataset, load_decisions
+from spml.runtime import resolve_device
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,19 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(func=run_export)
 
 
-def _device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        # Under torchrun each rank takes its own GPU.
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
-
-
 def run_audit(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint, device=_device(args.device))
+    model = load_model(args.checkpoint, device=resolve_device(args.device))
     report = audit_dataset(model, args.data, args.split, args.out, batch_size=args.batch_size, top=args.top,
                            workers=args.workers, resume=not args.no_resume)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from spml.data.protocol import protocol_split, sample_single_positive
+from spml.runtime import atomic_write_text
 
 SPLIT_NAMES = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
@@ -185,10 +185,7 @@ def write_dataset(
         if f"{split}.csv" not in files and stale.exists():
             stale.unlink()
     for name, text in files.items():
-        # Write then rename, so that an interrupted write never leaves a half data set behind.
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)
     return out
 
 

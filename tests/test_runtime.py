@@ -1,0 +1,53 @@
+"""spml.runtime: atomic writes, the device resolver and the process-group helpers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from spml.runtime import DistInfo, atomic_path, atomic_write_bytes, atomic_write_text, init_distributed, resolve_device
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "sub" / "report.csv"
+    atomic_write_text(target, "old\n")
+    atomic_write_bytes(target, b"new\n")
+    assert target.read_bytes() == b"new\n"
+    assert [p.name for p in target.parent.iterdir()] == ["report.csv"]  # no temporary file left behind
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "state.json"
+    atomic_write_text(target, "intact")
+    with pytest.raises(RuntimeError, match="killed"), atomic_path(target) as temporary:
+        temporary.write_text("half of a new fi")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "intact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_concurrent_writers_never_interleave(tmp_path):
+    target = tmp_path / "decisions.json"
+    texts = [f"{i}" * 20000 for i in range(8)]
+    threads = [threading.Thread(target=atomic_write_text, args=(target, text)) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert target.read_text() in texts
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def test_alone_no_process_group_is_started(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = init_distributed("cpu")
+    assert info == DistInfo() and not info.enabled and info.is_main and not info.started_here

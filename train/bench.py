@@ -35,8 +35,8 @@ class ReferenceStyleModel(SPMLModel):
         second = self.inner(images)
         return ModelOutput(logits=first.logits, features=second.features, attention=second.attention)
 
-    def class_maps(self, output: ModelOutput, classes: Tensor | None = None) -> Tensor:
-        return self.inner.class_maps(output, classes)
+    def class_maps(self, output: ModelOutput, classes: Tensor | None = None, bias: bool = True) -> Tensor:
+        return self.inner.class_maps(output, classes, bias)
 
 
 def _synchronize(device: torch.device) -> None:

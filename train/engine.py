@@ -124,6 +124,8 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
             # the step (DDP's gradient all-reduce, the running thresholds') and the others would wait.
             skip = distributed.any_rank(info, skip, device)
         if skip:
+            if info.enabled and info.is_main:
+                log.warning("step %d skipped on every rank: a rank's whole batch was broken", step)
             bar.update(1)
             continue
         batch = _to_device(batch, device, channels_last)
@@ -384,9 +386,10 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
         log.info("resuming %s after epoch %d (best val mAP %.2f at epoch %d)", run, state.epoch,
                  state.best_val_map, state.best_epoch)
 
-    log.info("training %s/%s on %s: %d train, %d val images, %d classes, %s, world size %d",
-             config.arch, config.loss, config.data, len(train_split.images), len(val_split.images), num_classes,
-             device, info.world_size)
+    log.info("training %s/%s on %s: %d train, %d val images, %d classes, %s, world size %d, batch %d "
+             "(%d per process), %d steps per epoch", config.arch, config.loss, config.data, len(train_split.images),
+             len(val_split.images), num_classes, device, info.world_size, config.batch_size, loader.batch_size,
+             steps_per_epoch(loader, config))
     full_labels_known = train_split.has_hidden_labels
     dataset_name = Path(config.data).name
     first_epoch = config.epochs + 1 if state.stopped_epoch is not None else state.epoch + 1

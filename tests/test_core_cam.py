@@ -27,17 +27,20 @@ def t(values) -> torch.Tensor:
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize("arch,options,size", [("compact", {"width": 8}, 32), ("resnet18", {}, 64)])
-def test_pooled_class_maps_with_bias_equal_the_logits(arch, options, size, batch_size):
+def test_pooled_class_maps_with_bias_equal_the_logits(arch, options, size, batch_size, any_device):
     torch.manual_seed(0)
-    model = create_model(arch, 5, **options).eval()
+    model = create_model(arch, 5, **options).eval().to(any_device)
     with torch.no_grad():
         model.head.bias.normal_()  # a non-zero bias, which the maps must include
-        output = model(torch.randn(batch_size, 3, size, size))
+        output = model(torch.randn(batch_size, 3, size, size, device=any_device))
         maps = model.class_maps(output)
         assert maps.shape == (batch_size, 5, *output.features.shape[-2:])
         assert torch.allclose(maps.mean(dim=(2, 3)), output.logits, atol=1e-5)
+        # without the bias (the CALR code's maps) they pool to the logits less the bias
+        unbiased = model.class_maps(output, bias=False).mean(dim=(2, 3))
+        assert torch.allclose(unbiased + model.head.bias, output.logits, atol=1e-5)
         # one class per image: the same maps, picked
-        classes = torch.arange(batch_size) % 5
+        classes = torch.arange(batch_size, device=any_device) % 5
         picked = model.class_maps(output, classes)
         assert picked.shape == (batch_size, *output.features.shape[-2:])
         assert torch.allclose(picked, maps[torch.arange(batch_size), classes], atol=1e-6)

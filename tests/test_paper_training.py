@@ -52,18 +52,21 @@ def test_repeated_updates_equal_a_real_second_pass(momentum):
     assert int(_bn_buffers(model)["backbone.0.1.num_batches_tracked"]) == 3
 
 
-def test_paper_calr_step_folds_every_call_twice_like_two_backbone_passes():
+def test_paper_calr_step_folds_every_call_twice_like_two_backbone_passes(any_device):
     """CALR(reference, batchnorm_passes=2) leaves the BatchNorm statistics that six backbone passes
     (weak, strong and masked, each twice) leave, with autograd on the masked pass."""
     torch.manual_seed(0)
-    model = create_model("compact", NUM_CLASSES, width=4).train()
+    model = create_model("compact", NUM_CLASSES, width=4).train().to(any_device)
     twin = copy.deepcopy(model)
-    batch = _batch()
+    batch = {key: value.to(any_device) for key, value in _batch().items()}
     inputs = []
     hook = model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
     grads = []
     model.register_forward_pre_hook(lambda module, args: grads.append(torch.is_grad_enabled()))
-    CALR(NUM_CLASSES, cam_norm="calr", reference=True, batchnorm_passes=2).step(model, batch, epoch=1)
+    result = CALR(NUM_CLASSES, cam_norm="calr", reference=True, batchnorm_passes=2).to(any_device).step(
+        model, batch, epoch=1)
+    result.loss.backward()
+    assert torch.isfinite(result.loss) and model.head.weight.grad is not None
     hook.remove()
     assert len(inputs) == 3 and grads == [True, True, True]
     for images in inputs:

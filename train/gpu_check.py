@@ -337,6 +337,10 @@ def tests(plan: Plan, work: Path, results: dict[str, Any], budget_s: float) -> d
         output = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
         code, timed_out = None, True
     counts = {name: int(number) for number, name in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", output)}
+    if timed_out:  # no summary line: count the progress characters of the tests that did finish
+        progress = "".join(re.findall(r"^([.FsExX]+)\s*(?:\[\s*\d+%\])?$", output, flags=re.MULTILINE))
+        counts = {"passed": progress.count("."),
+                  "failed": progress.count("F"), "skipped": progress.count("s"), "error": progress.count("E")}
     return {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0), "skipped": counts.get("skipped", 0),
             "errors": counts.get("error", 0) + counts.get("errors", 0), "returncode": code, "timed_out": timed_out,
             "cuda_cases": torch.cuda.is_available()}

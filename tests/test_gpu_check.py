@@ -44,4 +44,5 @@ def test_cpu_smoke_writes_every_section_with_figures(tmp_path):
         assert all(number(rate) and rate > 0 for rate in fit["images_per_s_per_epoch"])
     assert number(report["audit"]["audit_images_per_second"]) and number(report["audit"]["ratio"])
     assert number(report["analyze"]["median_ms"]) and report["analyze"]["median_ms"] > 0
+    assert report["gradio_imported_by_check"] is False
     assert report["tests"]["passed"] > 0 and report["tests"]["failed"] == 0 and not report["tests"]["timed_out"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import platform
@@ -114,7 +115,8 @@ def environment(plan: Plan, work: Path, results: dict[str, Any]) -> dict[str, An
     cuda = torch.cuda.is_available()
     return {"torch": torch.__version__, "python": platform.python_version(), "cuda_available": cuda,
             "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0) if cuda else platform.processor(),
-            "gpus": torch.cuda.device_count(), "cpu_count": os.cpu_count(), "mode": plan.device}
+            "gpus": torch.cuda.device_count(), "cpu_count": os.cpu_count(), "mode": plan.device,
+            "gradio_installed": importlib.util.find_spec("gradio") is not None}
 
 
 def bench(plan: Plan, work: Path, results: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +375,7 @@ def run_check(outdir: Path, plan: Plan) -> dict[str, Any]:
             results[name]["seconds"] = round(time.perf_counter() - start, 2)
             atomic_write_text(report_path, json.dumps(results, indent=2) + "\n")
     results["total_seconds"] = round(time.perf_counter() - started, 2)
+    results["gradio_imported_by_check"] = "gradio" in sys.modules  # the GPU machine has no gradio
     atomic_write_text(report_path, json.dumps(results, indent=2) + "\n")
     log(f"done in {results['total_seconds']:.0f} s; figures in {report_path}")
     return results
@@ -384,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="every section tiny, on the CPU")
     args = parser.parse_args(argv)
     if args.cpu_smoke:
-        torch.set_num_threads(min(2, torch.get_num_threads()))
+        # One thread per process: the smoke's tensors are tiny, and on a busy machine several threads
+        # per process spin against each other (its steps ran 50x slower with two threads under load).
+        os.environ["OMP_NUM_THREADS"] = "1"  # for the subprocesses too
+        torch.set_num_threads(1)
         plan = smoke_plan()
     else:
         if not torch.cuda.is_available():

@@ -117,3 +117,29 @@ def test_paper_recipes_run_the_public_codes_settings(data_set):
     ignore = _recipe("paper_resnet50_ignore_voc.yaml")
     assert (ignore["cam_norm"], ignore["cam_threshold"], ignore["early_stop_drop"]) == ("ignore", 0.8, None)
     assert ignore["loss_options"]["reference"] is True and ignore["loss_options"].get("batchnorm_passes", 1) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> Path:
+    from spml.data import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("world") / "data", seed=5, train=24, val=8, test=8,
+                                  image_size=32, progress=False)
+
+
+@pytest.mark.parametrize("recipe,overrides", [
+    ("paper_resnet50_calr_voc.yaml", {"arch": "compact", "arch_options": {"width": 8}}),
+    ("paper_resnet50_ignore_voc.yaml", {"arch": "compact", "arch_options": {"width": 8}}),
+    ("paper_q2l_calr_voc.yaml", {"arch_options": {"backbone": "compact", "hidden_dim": 32, "feedforward_dim": 64}}),
+    ("paper_resnet50_llr_voc.yaml", {"arch": "compact", "arch_options": {"width": 8}}),
+])
+def test_paper_recipes_train_end_to_end_on_a_tiny_world(tiny_world, tmp_path, recipe, overrides):
+    from spml import load_model
+    from train.engine import fit
+
+    config = load_config(CONFIGS / recipe, {"data": str(tiny_world), "out": str(tmp_path / "run"),
+                                             "pretrained": False, "epochs": 2, "batch_size": 8, "image_size": 32,
+                                             "warmup_epochs": 1, "device": "cpu", "workers": 0, **overrides})
+    summary = fit(config)
+    assert summary["epochs"] == 2 and 0.0 <= summary["test_map"] <= 100.0
+    assert load_model(tmp_path / "run" / "best").cam_norm == config.cam_norm

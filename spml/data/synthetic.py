@@ -213,16 +213,16 @@ def _scene_labels(seed: int, split: str, index: int) -> list[str]:
     return [name for i, name in enumerate(SYNTHETIC_CLASSES) if i in present]
 
 
-def _single_positive_rows(rows: list[Row]) -> list[Row]:
+def _single_positive_rows(rows: list[Row], classes: list[str]) -> list[Row]:
     """The rows with one positive each, drawn by the protocol over the file's rows in file order:
     what loading the file without a ``positive`` column drew before the column was written."""
-    index = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
-    labels = np.zeros((len(rows), len(SYNTHETIC_CLASSES)), dtype=np.uint8)
+    index = {name: i for i, name in enumerate(classes)}
+    labels = np.zeros((len(rows), len(classes)), dtype=np.uint8)
     for i, row in enumerate(rows):
         labels[i, [index[n] for n in row.labels]] = 1
     drawn = sample_single_positive(labels)
     return [
-        Row(row.image, row.labels, positive=[SYNTHETIC_CLASSES[c] for c in np.flatnonzero(drawn[i])])
+        Row(row.image, row.labels, positive=[classes[c] for c in np.flatnonzero(drawn[i])])
         for i, row in enumerate(rows)
     ]
 
@@ -282,7 +282,7 @@ def make_synthetic_dataset(
         if count > 0
     }
     if partial is None:
-        splits = {split: _single_positive_rows(rows) for split, rows in full.items()}
+        splits = {split: _single_positive_rows(rows, SYNTHETIC_CLASSES) for split, rows in full.items()}
     else:
         splits = {
             split: [

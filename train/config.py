@@ -47,6 +47,7 @@ class TrainConfig:
     early_stop_drop: float | None = None
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
     skip_bad: bool = False
+    single_positive: bool = False  # draw one positive per row from labels by the protocol (files without one)
     log_every: int = 10
     # Make the synthetic world at `data` first when it is missing: {seed, train, val, test, image_size}.
     synthetic: dict[str, Any] | None = None

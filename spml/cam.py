@@ -80,6 +80,30 @@ def positive_masks(network: SPMLModel, output: ModelOutput, observed: Tensor, si
     return cam_masks(cams.float(), size, threshold, mode, is_positive.any(dim=1))
 
 
+def mask_boxes(masks: Tensor) -> Tensor:
+    """Bounding boxes (left, top, right, bottom), right/bottom exclusive, of (N, H, W) boolean masks,
+    as a long (N, 4) tensor; a row of -1 for an empty mask. The batched form of :func:`mask_box`."""
+    rows, cols = masks.any(dim=2), masks.any(dim=1)  # (N, H), (N, W)
+    height, width = rows.shape[1], cols.shape[1]
+    # argmax of a 0/1 vector is its first 1: the first from each end gives the extent.
+    top = rows.to(torch.uint8).argmax(dim=1)
+    bottom = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    left = cols.to(torch.uint8).argmax(dim=1)
+    right = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    boxes = torch.stack([left, top, right, bottom], dim=1).long()
+    boxes[~rows.any(dim=1)] = -1
+    return boxes
+
+
+def cam_boxes(cams: Tensor, size: tuple[int, int], threshold: float, chunk: int = 64) -> Tensor:
+    """Boxes (as :func:`mask_boxes`, in pixels of ``size``) of the regions of (N, h, w) raw maps, each
+    normalised per map (min-max), upsampled and thresholded as :func:`cam_masks` does; ``chunk`` maps at
+    a time, so that upsampling every class's map of a batch never holds more than ``chunk`` full-size masks."""
+    boxes = [mask_boxes(upsample_maps(normalize_cams(part.float(), "image"), size) > threshold)
+             for part in cams.split(chunk)]
+    return torch.cat(boxes) if boxes else torch.zeros((0, 4), dtype=torch.long, device=cams.device)
+
+
 def apply_masks(images: Tensor, masks: Tensor) -> Tensor:
     """x^M = x * mask in normalised space: masked-out pixels become 0, the data set's mean colour."""
     return images * masks[:, None].to(images.dtype)

@@ -16,7 +16,8 @@ import pytest
 import torch
 from conftest import make_spread_model
 
-from spml.audit import _PART_COLUMNS, REPORT_COLUMNS, _merge, audit_dataset, batch_evidence, missing_label_score
+from spml.audit import REPORT_COLUMNS, audit_dataset, batch_evidence, missing_label_score
+from spml.audit.report import PART_COLUMNS, merge_report
 from spml.checkpoint import LoadedModel, load_model, save_checkpoint
 from spml.data import SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
 from spml.metrics import StreamingRanking, average_precision, precision_recall_at_k, roc_auc
@@ -104,18 +105,19 @@ def test_streaming_ranking_equals_the_array_metrics_and_refuses_disorder():
 def test_report_evaluation_on_hand_made_candidates(tmp_path):
     """Five candidates of two classes: the report is sorted by score, and the audit and baseline
     metrics are those computed by hand."""
-    rows = [  # image, class, score, rejected, positive, probability, logit, masked_logit, gap, truth, line
-        ("a.png", "cat", "0.9", "1", "dog", "0.9", "2.0", "0", "2", "1", "2"),
-        ("b.png", "cat", "0.8", "0", "dog", "0.7", "0.8", "0", "0.8", "0", "3"),
-        ("c.png", "cat", "0.8", "1", "dog", "0.6", "0.5", "0", "0.5", "1", "4"),
-        ("d.png", "cow", "0.4", "0", "dog", "0.95", "3.0", "3", "0", "0", "5"),
-        ("e.png", "cow", "0.3", "0", "dog", "0.2", "-1.0", "-2", "1", "1", "6"),
+    rows = [  # image, class, score, rejected, positive, probability, logit, masked_logit, gap, truth, line,
+        # suspect_box, positive_box, fold
+        ("a.png", "cat", "0.9", "1", "dog", "0.9", "2.0", "0", "2", "1", "2", "1 2 3 4", "0 0 8 8", ""),
+        ("b.png", "cat", "0.8", "0", "dog", "0.7", "0.8", "0", "0.8", "0", "3", "1 2 3 4", "0 0 8 8", ""),
+        ("c.png", "cat", "0.8", "1", "dog", "0.6", "0.5", "0", "0.5", "1", "4", "1 2 3 4", "0 0 8 8", ""),
+        ("d.png", "cow", "0.4", "0", "dog", "0.95", "3.0", "3", "0", "0", "5", "1 2 3 4", "0 0 8 8", ""),
+        ("e.png", "cow", "0.3", "0", "dog", "0.2", "-1.0", "-2", "1", "1", "6", "1 2 3 4", "0 0 8 8", ""),
     ]
-    assert len(rows[0]) == len(_PART_COLUMNS)
+    assert len(rows[0]) == len(PART_COLUMNS)
     part = tmp_path / "part.csv"
     part.write_text("".join(",".join(row) + "\n" for row in rows))
     out = tmp_path / "report.csv"
-    written, rejected, evaluation = _merge([part], tmp_path / "work", out, None, True, ["cat", "cow", "dog"])
+    written, rejected, evaluation = merge_report([part], tmp_path / "work", out, None, True, ["cat", "cow", "dog"])
     report = read_rows(out)
     assert written == 5 and rejected == 2
     assert [row["image"] for row in report] == ["a.png", "b.png", "c.png", "d.png", "e.png"]
@@ -157,11 +159,12 @@ def test_batch_evidence_masks_only_images_with_a_positive(model):
     observed[2, 5] = 1
     observed[2, 1] = -1
     evidence = batch_evidence(model, images, observed)
-    assert torch.equal(evidence["masked_logits"][1], evidence["logits"][1])  # all-ones mask: no second pass
-    assert not torch.equal(evidence["masked_logits"][0], evidence["logits"][0])
-    assert not evidence["rejected"][observed != 0].any()  # positives and known negatives are never rejected
+    assert np.array_equal(evidence.masked_logits[1], evidence.logits[1])  # all-ones mask: no second pass
+    assert not np.array_equal(evidence.masked_logits[0], evidence.logits[0])
+    assert not evidence.rejected[(observed != 0).numpy()].any()  # positives and known negatives are never rejected
     alone = batch_evidence(model, images[2:], observed[2:])  # per-image normalisation: batch independent
-    assert torch.allclose(alone["score"][0], evidence["score"][2], atol=1e-5)
+    assert np.allclose(alone.score[0], evidence.score[2], atol=1e-5)
+    assert np.array_equal(alone.suspect_boxes[0], evidence.suspect_boxes[2])
 
 
 # --- report -----------------------------------------------------------------------------------

@@ -16,12 +16,8 @@ import pytest
 import torch
 
 from spml.__main__ import main as spml_main
-from spml.checkpoint import LoadedModel
-from spml.data import IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
-from spml.model import create_model
-from spml.review import (
+from spml.audit import (
     ReviewError,
-    _copy_limited,
     decisions_path,
     export_corrected_dataset,
     load_decisions,
@@ -31,6 +27,10 @@ from spml.review import (
     safe_extract_zip,
     suspect_evidence,
 )
+from spml.audit.uploads import _copy_limited
+from spml.checkpoint import LoadedModel
+from spml.data import IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
+from spml.model import create_model
 
 
 @pytest.fixture(scope="module")

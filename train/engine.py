@@ -22,13 +22,13 @@ from tqdm import tqdm
 from spml.checkpoint import LoadedModel, save_checkpoint
 from spml.data import (
     ImageDataset,
-    ImageLoadError,
     Split,
     eval_transform,
     load_dataset,
     strong_transform,
     weak_transform,
 )
+from spml.data.dataset import BrokenImage, SkipBrokenImages, collate_skipping_broken
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.losses import CALR, Objective, StepResult, create_objective
 from spml.metrics import mean_average_precision
@@ -43,26 +43,12 @@ STATE_NAME = "state.pt"
 _RESUMABLE_DIFFERENCES = {"out", "device", "workers", "log_every", "eval_batch_size"}
 
 
-class SkipBrokenImages(torch.utils.data.Dataset):
-    """Wraps a data set so that an image that fails to decode yields None (dropped by the collate)."""
-
-    def __init__(self, dataset: ImageDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        try:
-            return self.dataset[index]
-        except ImageLoadError as error:
-            log.warning("skipping a broken image: %s", error)
-            return None
-
-
-def collate_skipping_none(items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor] | None:
-    kept = [item for item in items if item is not None]
-    return torch.utils.data.default_collate(kept) if kept else None
+def collate_skipping_none(items: list[dict[str, Any] | BrokenImage]) -> dict[str, torch.Tensor] | None:
+    """The batch of the decoded images (None when none is left); broken ones are logged and dropped."""
+    batch, broken = collate_skipping_broken(items)
+    for item in broken:
+        log.warning("skipping a broken image: %s", item.message)
+    return batch
 
 
 @dataclass

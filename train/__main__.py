@@ -33,6 +33,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
     parser.add_argument("--skip-bad", action="store_true", default=None,
                         help="skip bad rows and unreadable images (counted in the log) instead of stopping")
+    parser.add_argument("--folds", type=int, help="cross-fitting: train K models, each without one fold of the "
+                        "training split (RUN/folds.json, RUN/fold-<f>/), for an out-of-sample `spml audit`")
     parser.set_defaults(func=_run_fit)
 
 
@@ -49,6 +51,11 @@ def _run_fit(args: argparse.Namespace) -> int:
 
         logging.getLogger("train").info("making the synthetic world at %s", config.data)
         make_synthetic_dataset(config.data, **config.synthetic)
+    if args.folds is not None:
+        from train.folds import fit_folds
+
+        print(json.dumps(fit_folds(config, args.folds)))
+        return 0
     summary = fit(config)
     if config.export:
         export_run(Path(config.out), Path(config.export))

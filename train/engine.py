@@ -36,6 +36,7 @@ from spml.model import SPMLModel, create_model
 from spml.runtime import DistInfo, atomic_path, atomic_write_text, close_distributed, init_distributed, resolve_device
 from train import distributed
 from train.config import TrainConfig
+from train.folds import without_fold
 
 log = logging.getLogger("train")
 STATE_NAME = "state.pt"
@@ -288,6 +289,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -> dict[str, Any]:
     dataset = load_dataset(config.data, skip_bad=config.skip_bad)
     train_split, val_split = dataset.split("train"), dataset.split("val")
+    if config.fold is not None:
+        train_split = without_fold(train_split, dataset.root, config.folds_file, config.fold)
     test_split = dataset.splits.get("test")
     for split in (train_split, val_split):
         for message in split.skipped:

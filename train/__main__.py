@@ -121,6 +121,15 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     add_bench_arguments(parser)
 
 
+def _add_bench_cleanlab(subparsers: argparse._SubParsersAction) -> None:
+    from train.bench_cleanlab import add_bench_cleanlab_arguments, run_bench_cleanlab
+
+    parser = subparsers.add_parser("bench-cleanlab", help="the audit against cleanlab's multi-label functions, "
+                                   "in-sample and cross-fitted, on small synthetic worlds (a benchmark)")
+    add_bench_cleanlab_arguments(parser)
+    parser.set_defaults(func=run_bench_cleanlab)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_push(subparsers)
     _add_bench(subparsers)
+    _add_bench_cleanlab(subparsers)
     return parser
 
 

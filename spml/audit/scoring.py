@@ -206,7 +206,8 @@ def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, 
     own size unless a huge image was downscaled on loading; boxes are in the file's own pixels):
     ``suspect_cam`` (the suspected class's own CAM in [0, 1]: the first picture to show),
     ``suspect_overlay`` (it over the image), ``suspect_box``; ``positive_cam``, ``positive_overlay``,
-    ``positive_box`` (None where no positive is annotated: the audit used the whole image there);
+    ``positive_box`` (None where no positive is annotated: the audit used the whole image there; with
+    several positives the map is their pixel-wise maximum, whose region is the union of theirs);
     ``masked_image`` (what the masked pass saw) and ``crop`` (the positive's region; None without one);
     ``image``, ``image_size`` (the file's own (width, height)), ``class``, ``positive`` (names joined by
     ";", as the report writes them), ``positive_given``, ``fold`` (the cross-fitted model used, None
@@ -242,9 +243,9 @@ def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, 
     positive_cam = None
     region = np.ones(shown, dtype=bool)
     if positives:
-        # The mask's class, as spml.cam.positive_masks picks it: the first positive in model order.
-        first = int(np.flatnonzero(observed[0].numpy() == 1)[0])
-        positive_cam = _display_map(maps[first], shown)
+        # Several positives: the union of their regions, each map normalised and thresholded on its
+        # own (as spml.cam.positive_masks), is the region of their pixel-wise maximum.
+        positive_cam = np.max([_display_map(maps[loaded.classes.index(n)], shown) for n in positives], axis=0)
         region = positive_cam > loaded.cam_threshold
     shown_box = mask_box(region) if positives else None
     suspect_overlay = heatmap_overlay(picture, suspect_cam)

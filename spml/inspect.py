@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +17,11 @@ from spml.cam import (
     mask_box,
     masked_display,
     normalize_cams,
+    positive_masks,
     upsample_maps,
 )
 from spml.checkpoint import LoadedModel
+from spml.data.generic import split_names
 from spml.data.images import ImageSource, load_image
 from spml.data.transforms import eval_transform
 from spml.rejection import logit_gap, rejection_mask
@@ -34,10 +37,11 @@ class AnalysisResult:
     logits: dict[str, float]
     masked_logits: dict[str, float]
     gaps: dict[str, float]
-    positive: str
+    positive: str  # the first of ``positives``
     positive_given: bool  # False: the top prediction was used
-    cam: np.ndarray  # (H, W) float32 in [0, 1]
-    mask: np.ndarray  # (H, W) bool, cam > cam_threshold
+    positives: list[str]  # the annotated positives whose CAM regions make the mask (one: the top prediction)
+    cam: np.ndarray  # (H, W) float32 in [0, 1]; with several positives the maximum of their maps
+    mask: np.ndarray  # (H, W) bool, cam > cam_threshold: the union of the positives' regions
     box: tuple[int, int, int, int] | None  # (left, top, right, bottom) of the mask
     crop: np.ndarray  # the image inside the box
     masked_image: np.ndarray  # the image with everything outside the mask in the mean colour
@@ -49,10 +53,10 @@ class AnalysisResult:
     class_average: dict[str, float] | None
 
     def table(self) -> list[dict[str, object]]:
-        """One row per class other than the positive: rejected ones first, then by probability."""
+        """One row per class other than the positives: rejected ones first, then by probability."""
         rows = []
         for name in self.classes:
-            if name == self.positive:
+            if name in self.positives:
                 continue
             rows.append({
                 "class": name,
@@ -67,21 +71,32 @@ class AnalysisResult:
         return sorted(rows, key=lambda row: (not row["rejected"], -row["probability"]))
 
 
-def _resolve_positive(model: LoadedModel, positive: str | None, logits: torch.Tensor) -> tuple[int, bool]:
-    if positive is None or str(positive).strip() == "":
-        return int(logits.argmax()), False
-    return model.class_index(str(positive).strip()), True
+def _resolve_positives(model: LoadedModel, positive: str | Sequence[str] | None,
+                       logits: torch.Tensor) -> tuple[list[int], bool]:
+    """The class indices of the given positives (a name, names joined by ';', or a list), or of the top
+    prediction when none is given; and whether they were given."""
+    if positive is None:
+        names: list[str] = []
+    elif isinstance(positive, str):
+        names = split_names(positive)
+    else:
+        names = list(dict.fromkeys(str(name).strip() for name in positive if str(name).strip()))
+    if not names:
+        return [int(logits.argmax())], False
+    return [model.class_index(name) for name in names], True
 
 
 @torch.inference_mode()
 def analyze(
     model: LoadedModel,
     image: ImageSource | Image.Image | np.ndarray,
-    positive: str | None = None,
+    positive: str | Sequence[str] | None = None,
     cam_threshold: float | None = None,
     cam_norm: str | None = None,
 ) -> AnalysisResult:
-    """Run the checkpoint on one image the way training would treat it with ``positive`` annotated.
+    """Run the checkpoint on one image the way training would treat it with ``positive`` annotated:
+    one class name, several (a list, or names joined by ';'), or None / "" for the top prediction.
+    With several positives the mask is the union of their CAM regions, as in training.
 
     One forward pass gives the logits and the CAM; a second one, on the masked image, gives the
     masked logits. A batch of one has no batch statistics, so the ``reference`` normalisation falls
@@ -100,13 +115,14 @@ def analyze(
 
     output = network(inputs)
     logits = output.logits[0].float()
-    positive_index, given = _resolve_positive(model, positive, logits)
-    cams = normalize_cams(network.class_maps(output, torch.tensor([positive_index], device=device)).float(), norm)
-    network_mask = upsample_maps(cams, tuple(inputs.shape[-2:])) > threshold
-    masked_logits = network(apply_masks(inputs, network_mask)).logits[0].float()
-
+    positive_indices, given = _resolve_positives(model, positive, logits)
     observed = torch.zeros_like(logits, dtype=torch.int8)
-    observed[positive_index] = 1
+    observed[positive_indices] = 1
+    # The mask through the function training and the audit use; the maps again below, for display.
+    network_mask = positive_masks(network, output, observed[None], tuple(inputs.shape[-2:]), threshold, norm)
+    masked_logits = network(apply_masks(inputs, network_mask)).logits[0].float()
+    cams = torch.cat([normalize_cams(network.class_maps(output, torch.tensor([index], device=device)).float(), norm)
+                      for index in positive_indices])
     gaps = logit_gap(logits, masked_logits)
     if model.thresholds is not None:
         rejected_flags = rejection_mask(logits[None], masked_logits[None], observed[None],
@@ -118,7 +134,8 @@ def analyze(
         rejected_indices, gap_threshold, class_average = [], None, None
 
     height, width = rgb.shape[:2]
-    cam = upsample_maps(cams, (height, width))[0].clamp(0, 1).cpu().numpy().astype(np.float32)
+    # Each map thresholded on its own, then OR-ed, is the maximum of the maps thresholded once.
+    cam = upsample_maps(cams, (height, width)).amax(dim=0).clamp(0, 1).cpu().numpy().astype(np.float32)
     mask = cam > threshold
     box = mask_box(mask)
     probabilities = torch.sigmoid(logits)
@@ -130,8 +147,9 @@ def analyze(
         logits=dict(zip(names, logits.cpu().tolist(), strict=True)),
         masked_logits=dict(zip(names, masked_logits.cpu().tolist(), strict=True)),
         gaps=dict(zip(names, gaps.cpu().tolist(), strict=True)),
-        positive=names[positive_index],
+        positive=names[positive_indices[0]],
         positive_given=given,
+        positives=[names[i] for i in positive_indices],
         cam=cam,
         mask=mask,
         box=box,

@@ -43,8 +43,7 @@ from tqdm import tqdm
 from spml.audit import FoldModels, audit_dataset, load_audit_model
 from spml.checkpoint import LoadedModel
 from spml.data.dataset import ImageDataset
-from spml.data.generic import DatasetError, load_dataset
-from spml.data.protocol import sample_single_positive
+from spml.data.generic import load_dataset
 from spml.data.synthetic import make_synthetic_dataset
 from spml.data.transforms import eval_transform
 from spml.metrics import average_precision, precision_recall_at_k, roc_auc
@@ -68,45 +67,15 @@ def add_bench_cleanlab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
 
 
-def _write_positive_column(root: Path, keep: float | None, seed: int) -> None:
-    """Rewrite ``root/train.csv`` as ``image,labels,positive``: ``labels`` the full truth; ``positive``
-    the protocol's single positive (``keep`` None) or each true label kept with probability ``keep``,
-    at least one (drawn in file order from RandomState(seed))."""
-    path = root / "train.csv"
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    classes = (root / "classes.txt").read_text().split("\n")
-    classes = [name for name in classes if name]
-    if keep is None:
-        matrix = np.array([[name in row["labels"].split(";") for name in classes] for row in rows], dtype=np.uint8)
-        drawn = sample_single_positive(matrix)
-        positives = [[classes[c] for c in np.flatnonzero(drawn[i])] for i in range(len(rows))]
-    else:
-        rng = np.random.RandomState(seed)
-        positives = []
-        for row in rows:
-            labels = row["labels"].split(";")
-            kept = [name for name in labels if rng.rand() < keep]
-            positives.append(kept or [labels[rng.randint(len(labels))]])
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["image", "labels", "positive"])
-        for row, positive in zip(rows, positives, strict=True):
-            writer.writerow([row["image"], row["labels"], ";".join(positive)])
-
-
-def make_world(work: Path, kind: str, args: argparse.Namespace) -> Path | None:
-    """The ``single`` or ``partial`` world (None where the data set reader cannot read partial labels)."""
+def make_world(work: Path, kind: str, args: argparse.Namespace) -> Path:
+    """The ``single`` or ``partial`` synthetic world under ``work`` (made once)."""
     root = work / f"world-{kind}"
     if not (root / "classes.txt").is_file():
+        # The synthetic world writes its positive column: the protocol's single positive, or (partial)
+        # each true label kept with probability --keep, at least one.
         make_synthetic_dataset(root, seed=args.seed, train=args.train, val=args.val, test=0,
-                               image_size=args.image_size, progress=False)
-        _write_positive_column(root, None if kind == "single" else args.keep, args.seed)
-    try:
-        load_dataset(root)
-    except DatasetError as error:
-        print(f"world {kind}: the data set reader refuses it ({error}); skipped")
-        return None
+                               image_size=args.image_size, progress=False,
+                               partial=None if kind == "single" else args.keep)
     return root
 
 
@@ -243,8 +212,7 @@ def run_bench_cleanlab(args: argparse.Namespace) -> int:
     jobs = [(world, loss) for world in args.worlds.split(",") for loss in args.losses.split(",")]
     roots = {world: make_world(work, world, args) for world in args.worlds.split(",")}
     for world, loss in tqdm(jobs, desc="bench-cleanlab", unit="model"):
-        if roots[world] is not None:
-            results.extend(run_one(args, work, roots[world], world, loss))
+        results.extend(run_one(args, work, roots[world], world, loss))
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     settings = {key: value for key, value in vars(args).items() if key != "func"}
     payload = {"results": results, "seconds": time.perf_counter() - started, "machine": machine, "settings": settings}

@@ -287,7 +287,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 
 
 def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -> dict[str, Any]:
-    dataset = load_dataset(config.data, skip_bad=config.skip_bad)
+    dataset = load_dataset(config.data, skip_bad=config.skip_bad, single_positive=config.single_positive)
     train_split, val_split = dataset.split("train"), dataset.split("val")
     if config.fold is not None:
         train_split = without_fold(train_split, dataset.root, config.folds_file, config.fold)

@@ -74,7 +74,7 @@ def fit_folds(config: TrainConfig, k: int) -> dict[str, Any]:
     if config.export:
         raise ValueError("--folds trains K models: export one of RUN/fold-<f>/best by hand instead")
     run = Path(config.out)
-    dataset = load_dataset(config.data, skip_bad=config.skip_bad)
+    dataset = load_dataset(config.data, skip_bad=config.skip_bad, single_positive=config.single_positive)
     images = [path.relative_to(dataset.root).as_posix() for path in dataset.split("train").images]
     payload = {"format": FOLDS_FORMAT, "version": 1, "k": k, "seed": config.seed, "data": str(config.data),
                "split": "train", "folds": assign_folds(images, k, config.seed)}

@@ -78,6 +78,7 @@ def _fingerprint(model: LoadedModel | FoldModels, split: Split, batch_size: int,
                               batch_size, world, SCORE_VERSION], sort_keys=True, default=str).encode())
     stat = split.source.stat()
     digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(split.observed.tobytes())  # the same file read with or without --single-positive differs
     for loaded in _models(model):
         for name, tensor in loaded.network.state_dict().items():
             # A strided sample of every tensor tells two checkpoints apart without hashing hundreds of MB.
@@ -229,6 +230,7 @@ def audit_dataset(
     resume: bool = True,
     progress: Callable[[int, int], None] | None = None,
     show_progress_bar: bool = True,
+    single_positive: bool = False,
 ) -> AuditReport:
     """Audit ``split`` of the data set folder ``dataset`` with ``model`` (a checkpoint, or the models of
     a cross-fitted run: :func:`spml.audit.folds.load_audit_model`); write the report CSV ``out``
@@ -248,7 +250,7 @@ def audit_dataset(
     if json_path == out:
         raise ValueError(f"the report {out} must not be a .json file: its summary goes to {json_path}")
     started = time.perf_counter()
-    data = load_dataset(dataset, skip_bad=True)
+    data = load_dataset(dataset, skip_bad=True, single_positive=single_positive)
     part = data.split(split)
     if sorted(data.classes) != sorted(model.classes):
         raise ValueError(f"the data set's classes {data.classes} are not the model's {model.classes}")

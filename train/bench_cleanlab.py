@@ -187,19 +187,31 @@ def run_one(args: argparse.Namespace, work: Path, root: Path, world: str, loss: 
     return results
 
 
+def _cell(value: dict[str, float]) -> str:
+    return f"{value['ap']:.3f} / {value['auroc']:.3f} / {value['p_at_hidden']:.3f}"
+
+
 def _table(results: list[dict[str, Any]]) -> str:
-    lines = ["| world | loss | sample | ranking | AP | AUROC | P@hidden (or precision / recall of flags) |",
-             "|---|---|---|---|---|---|---|"]
+    """One line per world, loss and sample: AP / AUROC / precision at the number of left-out labels of
+    each ranking of (image, class) pairs, the best of cleanlab's per-class scorers, cleanlab's flags,
+    and the image-level figures."""
+    lines = ["| world | loss | sample (val mAP) | audit | probability | best cleanlab per-class scorer | "
+             "cleanlab per-class flags P / R | images: audit | images: cleanlab quality | "
+             "images: cleanlab flags P / R |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
-        for level, key in (("pair", "pairs"), ("image", "images_")):
-            for name, value in result[key].items():
-                label = f"{level}: {name}"
-                head = f"| {result['world']} | {result['loss']} | {result['sample']} | {label} |"
-                if "ap" in value:
-                    lines.append(f"{head} {value['ap']:.3f} | {value['auroc']:.3f} | {value['p_at_hidden']:.3f} |")
-                else:
-                    lines.append(f"{head} | | {value['precision']:.3f} / {value['recall']:.3f} "
-                                 f"({value['flagged']} flagged) |")
+        pairs, images = result["pairs"], result["images_"]
+        scorers = {name: value for name, value in pairs.items() if name.startswith("cleanlab per-class")}
+        best = max(scorers, key=lambda name: scorers[name]["ap"])
+        flags = pairs["cleanlab find_multilabel_issues_per_class (flags)"]
+        image_flags = images["cleanlab find_label_issues (flags)"]
+        lines.append(
+            f"| {result['world']} | {result['loss']} | {result['sample']} ({result['val_map']:.1f}) | "
+            f"{_cell(pairs['audit'])} | {_cell(pairs['probability'])} | "
+            f"{_cell(scorers[best])} ({best.removeprefix('cleanlab per-class ')}) | "
+            f"{flags['precision']:.3f} / {flags['recall']:.3f} | {_cell(images['audit (best candidate)'])} | "
+            f"{_cell(images['cleanlab get_label_quality_scores'])} | "
+            f"{image_flags['precision']:.3f} / {image_flags['recall']:.3f} |")
     return "\n".join(lines)
 
 
@@ -217,6 +229,7 @@ def run_bench_cleanlab(args: argparse.Namespace) -> int:
     settings = {key: value for key, value in vars(args).items() if key != "func"}
     payload = {"results": results, "seconds": time.perf_counter() - started, "machine": machine, "settings": settings}
     (work / "results.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    print("AP / AUROC / precision at the number of left-out labels; results.json has every ranking")
     print(_table(results))
     print(f"{payload['seconds']:.0f} s; results in {work / 'results.json'}")
     if args.json:

@@ -177,13 +177,15 @@ def run_one(args: argparse.Namespace, work: Path, root: Path, world: str, loss: 
     results = []
     in_run, out_run = work / f"run-{world}-{loss}", work / f"folds-{world}-{loss}"
     summary = fit(_config(args, root, in_run, loss))
-    fit_folds(_config(args, root, out_run, loss), args.folds)
+    folds = fit_folds(_config(args, root, out_run, loss), args.folds)["trained"]
+    val_map = {"in-sample": summary["best_val_map"],  # the folds': their mean
+               "out-of-sample": float(np.mean([fold["best_val_map"] for fold in folds.values()]))}
     for sample, checkpoint in (("in-sample", in_run / "best"), ("out-of-sample", out_run)):
         model = load_audit_model(checkpoint)
         report = work / f"audit-{world}-{loss}-{sample}.csv"
         audit_dataset(model, root, "train", report, batch_size=32, show_progress_bar=False)
         result = evaluate(report, root, probabilities(model, root), model.classes)
-        results.append({"world": world, "loss": loss, "sample": sample, "val_map": summary["best_val_map"], **result})
+        results.append({"world": world, "loss": loss, "sample": sample, "val_map": val_map[sample], **result})
     return results
 
 

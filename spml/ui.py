@@ -26,22 +26,23 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from spml.audit import audit_dataset, report_json_path
+from spml.audit import (
+    ReviewError,
+    audit_dataset,
+    export_corrected_dataset,
+    load_decisions,
+    record_decision,
+    report_json_path,
+    resolve_server_dataset,
+    safe_extract_zip,
+    suspect_evidence,
+)
 from spml.checkpoint import CheckpointError, LoadedModel, load_model, read_config
 from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import DOWNSCALED_KEY, MAX_SIDE, ImageLoadError, load_image
 from spml.data.synthetic import SYNTHETIC_CLASSES, render_scene
 from spml.inference import optimize_for_inference
 from spml.inspect import AnalysisResult, analyze
-from spml.review import (
-    ReviewError,
-    export_corrected_dataset,
-    load_decisions,
-    record_decision,
-    resolve_server_dataset,
-    safe_extract_zip,
-    suspect_evidence,
-)
 from spml.runtime import resolve_device
 
 log = logging.getLogger(__name__)

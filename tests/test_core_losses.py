@@ -400,7 +400,7 @@ def _state(gap: float, average: float, steps: int = 1) -> dict:
 
 def test_calr_thresholds_update_every_step_including_warm_up():
     model, batch = _tiny_model(), _batch()
-    objective = CALR(NUM_CLASSES, warmup_epochs=3)
+    objective = CALR(NUM_CLASSES, warmup_epochs=3, bias_correction=False)
     recorder = _Recorder(model)
     gap, average = 0.0, [0.0] * NUM_CLASSES
     positives = [(0, 0), (1, 1), (3, 2)]
@@ -420,7 +420,7 @@ def test_calr_thresholds_update_every_step_including_warm_up():
 
 def test_calr_rejects_nothing_during_warm_up_and_only_unknown_entries_after():
     model, batch = _tiny_model(), _batch()
-    objective = CALR(NUM_CLASSES, warmup_epochs=3)
+    objective = CALR(NUM_CLASSES, warmup_epochs=3, bias_correction=False)
     objective.set_extra_state(_state(-1e6, -1e6))  # thresholds that every unknown entry passes
     result = objective.step(model, batch, epoch=3)
     assert not result.rejected.any()

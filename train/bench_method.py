@@ -360,7 +360,8 @@ def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], ou
     runs_path = out / "runs.json"
     results = _load_done(runs_path)
     done = {(r.world, r.method, r.seed) for r in results}
-    todo = [(spec, seed, method) for spec in worlds for seed in seeds for method in methods
+    # Seed by seed: a sweep cut short still has every world with the seeds it finished.
+    todo = [(spec, seed, method) for seed in seeds for spec in worlds for method in methods
             if (spec.name, method, seed) not in done]
     meta = {"command_worlds": [s.name for s in worlds], "methods": methods, "seeds": seeds,
             "worlds": {s.name: {**asdict(s), "description": s.describe()} for s in worlds},

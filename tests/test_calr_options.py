@@ -186,3 +186,26 @@ def test_warning_when_rejection_starts_on_unsettled_averages(caplog):
         settled.step(model, batch, epoch=2)
     assert not caplog.records
     assert math.isclose(settled.thresholds.settled_fraction, 1.0)
+
+
+def test_metrics_diagnostics_of_an_epoch():
+    from pathlib import Path
+
+    import numpy as np
+
+    from spml.data import Split
+    from spml.losses import AssumeNegative
+    from train.engine import EpochStats, rejection_diagnostics
+
+    labels = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0]], dtype=np.uint8)
+    observed = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]], dtype=np.int8)  # hidden positives: 2
+    split = Split("train", Path("-"), ["a", "b", "c"], [], [], labels, observed, True)
+    stats = EpochStats(loss=1.0, parts={}, images=3, seconds=1.0, rejected=3, rejected_true=1, unknown_entries=6)
+    objective = CALR(NUM_CLASSES, bias_correction=False, momentum=0.5)
+    for _ in range(2):  # every batch gap 2, logits 1: uncorrected values hold 1 - 0.5**2 = 3/4
+        objective.thresholds.update(torch.ones(3, 3), -torch.ones(3, 3), torch.tensor(observed))
+    row = rejection_diagnostics(objective, stats, split)
+    assert row == {"rejection_recall": 0.5, "averages_held": 0.75, "gap_threshold_settled": 2.0,
+                   "class_average_mean": 0.75, "class_average_settled_mean": 1.0}
+    assert rejection_diagnostics(objective, stats, None)["rejection_recall"] is None
+    assert rejection_diagnostics(AssumeNegative(), stats, split) == {}

@@ -44,6 +44,10 @@ def test_quick_sweep_writes_every_row_with_finite_numbers(tmp_path, capsys):
     runs = (out / "runs.json").read_text()
     assert main(["bench-method", "--quick", "--out", str(out)]) == 0
     assert (out / "runs.json").read_text() == runs
+    # --report-only trains nothing, even for a seed that has no run yet.
+    assert main(["bench-method", "--quick", "--out", str(out), "--seeds", "0,5", "--report-only"]) == 0
+    assert (out / "runs.json").read_text() == runs
+    assert json.loads((out / "summary.json").read_text())["table"] == summary["table"]
 
 
 def test_partial_labels_keep_a_subset_and_at_least_one():

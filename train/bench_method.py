@@ -276,7 +276,7 @@ def summarize(results: list[RunResult], worlds: list[BenchWorld], methods: list[
             margins[method] = {"per_world": per_world, "mean": float(np.mean(list(per_world.values()))),
                                "min": float(min(per_world.values())),
                                "wins": sum(v > 0 for v in per_world.values()), "worlds": len(per_world)}
-    return {"table": table, "margins_over_an": margins}
+    return {"table": table, "margins_over_an": margins, "seeds_asked": len({r.seed for r in results})}
 
 
 def markdown_tables(summary: dict[str, Any], worlds: list[BenchWorld], methods: list[str]) -> str:
@@ -287,7 +287,9 @@ def markdown_tables(summary: dict[str, Any], worlds: list[BenchWorld], methods: 
         cells = []
         for method in methods:
             entry = table[spec.name].get(method)
-            cells.append("" if entry is None else f"{entry['mean']:.2f} ± {entry['sd']:.2f}")
+            count = "" if entry is None or len(entry["seeds"]) == summary["seeds_asked"] else \
+                f" ({len(entry['seeds'])} seed{'s' if len(entry['seeds']) > 1 else ''})"
+            cells.append("" if entry is None else f"{entry['mean']:.2f} ± {entry['sd']:.2f}{count}")
         lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
     margins = summary["margins_over_an"]
     if margins:
@@ -349,8 +351,11 @@ def _load_done(path: Path) -> list[RunResult]:
 
 
 def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], out: Path,
-              threads: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Run every (world, seed, method) not already in ``out/runs.json``; write the tables."""
+              threads: int = 1, progress: bool = True, train: bool = True) -> dict[str, Any]:
+    """Run every (world, seed, method) not already in ``out/runs.json``; write the tables.
+
+    ``train=False`` only writes the tables of the runs already there (a sweep cut short, or the
+    ``runs.json`` lists of several processes joined into one)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -363,7 +368,7 @@ def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], ou
     done = {(r.world, r.method, r.seed) for r in results}
     # Seed by seed: a sweep cut short still has every world with the seeds it finished.
     todo = [(spec, seed, method) for seed in seeds for spec in worlds for method in methods
-            if (spec.name, method, seed) not in done]
+            if train and (spec.name, method, seed) not in done]
     meta = {"command_worlds": [s.name for s in worlds], "methods": methods, "seeds": seeds,
             "worlds": {s.name: {**asdict(s), "description": s.describe()} for s in worlds},
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"}
@@ -390,6 +395,8 @@ def add_bench_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--out", default="runs/bench-method", help="folder for runs.json and the tables")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the tables of the runs already in OUT/runs.json")
     parser.set_defaults(func=_run)
 
 
@@ -408,7 +415,7 @@ def _run(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in _names(args.seeds, ["0"] if args.quick else [str(s) for s in DEFAULT_SEEDS])]
     out = Path(args.out)
     start = time.perf_counter()
-    summary = run_sweep(worlds, methods, seeds, out, args.threads)
+    summary = run_sweep(worlds, methods, seeds, out, args.threads, train=not args.report_only)
     for spec in worlds:
         print(f"{spec.name}: {spec.describe()}")
     print(markdown_tables(summary, worlds, methods))

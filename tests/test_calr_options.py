@@ -209,3 +209,26 @@ def test_metrics_diagnostics_of_an_epoch():
                    "class_average_mean": 0.75, "class_average_settled_mean": 1.0}
     assert rejection_diagnostics(objective, stats, None)["rejection_recall"] is None
     assert rejection_diagnostics(AssumeNegative(), stats, split) == {}
+
+
+def test_default_step_rejects_against_the_batch_own_statistics_after_one_step():
+    """Bias-corrected averages after one update are exactly that batch's statistics, so the default
+    rule's first decision can be written from the step's own logits."""
+    model, batch = _model(), _batch()
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(output.logits.detach()))
+    result = CALR(NUM_CLASSES, warmup_epochs=0).step(model, batch, epoch=1)
+    logits, masked = calls[0], calls[2]
+    gap = (logits - masked).abs()
+    positive = batch["observed"] == 1
+    t_gap = float(gap[positive].mean())
+    class_average = logits.mean(dim=0)
+    expected = (batch["observed"] == 0) & (gap > t_gap) & (logits > class_average)
+    assert torch.equal(result.rejected, expected)
+    uncorrected = CALR(NUM_CLASSES, warmup_epochs=0, bias_correction=False)
+    model2, calls[:] = _model(), []
+    model2.register_forward_hook(lambda module, args, output: calls.append(output.logits.detach()))
+    result = uncorrected.step(model2, batch, epoch=1)
+    # Uncorrected: the thresholds hold 0.001 of those statistics (here it rejects 4 entries, not 2).
+    shrunk = (batch["observed"] == 0) & (gap > 0.001 * t_gap) & (logits > 0.001 * class_average)
+    assert torch.equal(result.rejected, shrunk)

@@ -113,6 +113,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     # at m = 0.999), counted in steps whatever the epoch length.
     "calr-settle-no-bias-correction": ("calr", {"bias_correction": False, "warmup_steps": 693}),
     "calr-no-rejection": ("calr", {"warmup_steps": 10**9}),  # CALR's other terms alone
+    "calr-no-l2": ("calr", {"weights": (0.5, 1.0, 0.0)}),  # without the strong/weak consistency term
 }
 DEFAULT_METHODS = ("full", "an", "ll-r", "calr")
 DEFAULT_SEEDS = (0, 1, 2)

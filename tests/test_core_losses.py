@@ -110,20 +110,22 @@ def test_epr_loss_by_hand():
 U = [[3.0, 0.2, -4.0], [-0.3, 0.4, 3.0]]  # ROLE's label-estimate logits for the same two images
 
 
-def test_role_loss_by_hand():
+@pytest.mark.parametrize("observed", ["one positive", "two positives"])
+def test_role_loss_by_hand(observed):
+    obs = OBS if observed == "one positive" else OBS2
     k = 1.5
     total = 0.0
     for i in range(2):
         for c in range(3):
             p, e = sig(Z[i][c]), sig(U[i][c])
-            positive = 1.0 if OBS[i][c] == 1 else 0.0
+            positive = 1.0 if obs[i][c] == 1 else 0.0
             f_half = positive * -math.log(p) + e * -math.log(p) + (1 - e) * -math.log(1 - p)
             g_half = positive * -math.log(e) + p * -math.log(e) + (1 - p) * -math.log(1 - e)
             total += 0.5 * (f_half + g_half)
     p_sums = [sum(sig(z) for z in row) for row in Z]
     e_sums = [sum(sig(u) for u in row) for row in U]
     penalty = 0.5 * ((sum(p_sums) / 2 - k) ** 2 / 9 + (sum(e_sums) / 2 - k) ** 2 / 9)
-    close(role_loss(t(Z), t(U), t(OBS, torch.long), k), total / 6 + penalty)
+    close(role_loss(t(Z), t(U), t(obs, torch.long), k), total / 6 + penalty)
 
 
 def test_role_cross_terms_use_the_other_side_detached():
@@ -278,22 +280,6 @@ def test_an_and_epr_train_every_observed_positive():
     terms = (pos(2.0) + pos(-1.0) + neg(0.5) + pos(-2.0)) / 6  # Cole et al.: every observed positive
     row_sums = [sig(2.0) + sig(-1.0) + sig(0.5), sig(0.0) + sig(1.5) + sig(-2.0)]
     close(epr_loss(t(Z), t(OBS2, torch.long), k), terms + ((sum(row_sums) / 2 - k) ** 2 / 9))
-
-
-def test_role_loss_by_hand_with_two_positives():
-    k = 1.5
-    total = 0.0
-    for i in range(2):
-        for c in range(3):
-            p, e = sig(Z[i][c]), sig(U[i][c])
-            positive = 1.0 if OBS2[i][c] == 1 else 0.0
-            f_half = positive * -math.log(p) + e * -math.log(p) + (1 - e) * -math.log(1 - p)
-            g_half = positive * -math.log(e) + p * -math.log(e) + (1 - p) * -math.log(1 - e)
-            total += 0.5 * (f_half + g_half)
-    p_sums = [sum(sig(z) for z in row) for row in Z]
-    e_sums = [sum(sig(u) for u in row) for row in U]
-    penalty = 0.5 * ((sum(p_sums) / 2 - k) ** 2 / 9 + (sum(e_sums) / 2 - k) ** 2 / 9)
-    close(role_loss(t(Z), t(U), t(OBS2, torch.long), k), total / 6 + penalty)
 
 
 def test_large_loss_never_selects_an_observed_positive():

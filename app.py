@@ -1,5 +1,6 @@
-"""The Gradio app: layout and wiring only (the callbacks are in spml.ui, the model logic in spml.inspect
-and spml.audit).
+"""The Gradio app: layout and wiring only (the callbacks are in spml.app, the model logic in spml.inspect
+and spml.audit). Components are wired to callbacks by name: each callback returns view objects
+(spml.app.common.View) whose field names are the names of the components below.
 
 ``python app.py`` serves on 127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT as usual) with the
 embedded checkpoint, or the one named by SPML_CHECKPOINT (a directory or hf://OWNER/NAME[@REVISION]).
@@ -15,7 +16,11 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from spml import ui
+from spml.app import assets
+from spml.app.audit import AuditController, AuditView, AuditWorkspace, ExportView, ReviewView
+from spml.app.common import as_outputs
+from spml.app.inspect import NORM_LABELS, AnalysisView, CheckpointView, ExampleCache, InspectController
+from spml.app.registry import DEFAULT_CHECKPOINT, CheckpointRegistry
 from spml.cam import CAM_NORMS
 
 HERE = Path(__file__).resolve().parent
@@ -40,18 +45,18 @@ def audit_dir() -> Path:
 
 
 def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.Blocks:
-    registry = ui.CheckpointRegistry(checkpoint or os.environ.get("SPML_CHECKPOINT") or ui.DEFAULT_CHECKPOINT,
-                                     base_dir=HERE)
-    inspector = ui.Controller(registry, ui.ExampleCache(Path(tempfile.gettempdir()) / "spml-examples"))
-    workspace = ui.AuditWorkspace(audits or audit_dir())
-    audit = ui.AuditController(registry, workspace)
+    registry = CheckpointRegistry(checkpoint or os.environ.get("SPML_CHECKPOINT") or DEFAULT_CHECKPOINT,
+                                  base_dir=HERE)
+    inspector = InspectController(registry, ExampleCache(Path(tempfile.gettempdir()) / "spml-examples"))
+    workspace = AuditWorkspace(audits or audit_dir())
+    audit = AuditController(registry, workspace)
     defaults = inspector.checkpoint_defaults()  # loads the configured checkpoint: a bad one fails at start
     model_event = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
     private = {"api_visibility": "private"}
 
     with gr.Blocks(title="CALR: single-positive labels, inspected") as demo:
-        gr.Markdown(ui.INTRO)
-        gr.HTML(ui.method_figure(), elem_id="method-figure")
+        gr.Markdown(assets.INTRO)
+        gr.HTML(assets.method_figure(), elem_id="method-figure")
         session_checkpoint = gr.State(registry.configured)
         audit_id = gr.State(None)
         position = gr.State(0)  # the suspect shown in the review
@@ -74,7 +79,7 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                     with gr.Row():
                         threshold = gr.Slider(0.0, 0.99, value=defaults["cam_threshold"], step=0.01,
                                               label="CAM threshold", elem_id="cam-threshold")
-                        norm = gr.Radio([(ui.NORM_LABELS[n], n) for n in CAM_NORMS], value=defaults["cam_norm"],
+                        norm = gr.Radio([(NORM_LABELS[n], n) for n in CAM_NORMS], value=defaults["cam_norm"],
                                         label="CAM normalisation", elem_id="cam-norm")
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                     examples = gr.Dataset(components=["image"], samples=defaults["examples"], type="index",
@@ -135,36 +140,44 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                                        elem_id="audit-table")
             report = gr.File(label="Report CSV (every row)", elem_id="audit-report")
 
-        analysis = [labels, overlay, masked, crop, table, summary]
+        # Every component a callback writes, by the name its view gives it.
+        page = {"session_checkpoint": session_checkpoint, "description": description, "positive": positive,
+                "threshold": threshold, "norm": norm, "examples": examples, "labels": labels, "overlay": overlay,
+                "masked": masked, "crop": crop, "table": table, "summary": summary, "audit_summary": audit_summary,
+                "audit_table": audit_table, "gallery": gallery, "report": report, "audit_id": audit_id,
+                "position": position, "question": question, "review_cam": review_cam,
+                "review_masked": review_masked, "review_crop": review_crop, "status": status,
+                "exported": exported, "export_message": export_message}
+        analysis = AnalysisView.wire(page)
         # preprocess=False: the callback reads the uploaded file itself, so a file that is no image, or
         # one too large to decode safely, gets spml's clear message instead of a decoder crash.
-        run.click(inspector.analyze, inputs=[image, positive, threshold, norm, session_checkpoint],
+        run.click(as_outputs(inspector.analyze), inputs=[image, positive, threshold, norm, session_checkpoint],
                   outputs=analysis, api_name="analyze", preprocess=False, **model_event)
-        examples.click(inspector.example, inputs=[examples, session_checkpoint, positive, threshold, norm],
+        examples.click(as_outputs(inspector.example), inputs=[examples, session_checkpoint, positive, threshold, norm],
                        outputs=[image, *analysis], **private, **model_event)
-        selector.change(inspector.select_checkpoint, inputs=selector,
-                        outputs=[session_checkpoint, description, positive, threshold, norm, examples],
-                        **private, **model_event)
+        selector.change(as_outputs(inspector.select_checkpoint), inputs=selector,
+                        outputs=CheckpointView.wire(page), **private, **model_event)
 
-        review = [position, question, review_cam, review_masked, review_crop, status]
-        audited = start.click(audit.audit, inputs=[zip_file, split, top, gallery_size, server_path, session_checkpoint],
-                              outputs=[audit_summary, audit_table, gallery, report, audit_id], api_name="audit",
-                              **model_event)
+        review = ReviewView.wire(page)
+        review_open = as_outputs(audit.review_open)
+        audited = start.click(as_outputs(audit.audit),
+                              inputs=[zip_file, split, top, gallery_size, server_path, session_checkpoint],
+                              outputs=AuditView.wire(page), api_name="audit", **model_event)
         audited.success(lambda value: value, inputs=audit_id, outputs=remembered, **private).success(
-            audit.review_open, inputs=audit_id, outputs=review, **private, **model_event)
+            review_open, inputs=audit_id, outputs=review, **private, **model_event)
         for button, decision in ((confirm, "confirm"), (dismiss, "dismiss"), (undo, None)):
-            button.click(lambda key, at, decision=decision: audit.review_decide(key, at, decision),
+            button.click(lambda key, at, decision=decision: audit.review_decide(key, at, decision).outputs(),
                          inputs=[audit_id, position], outputs=review, **private, **model_event)
         for button, step in ((previous, -1), (following, 1)):
-            button.click(lambda key, at, step=step: audit.review_move(key, at, step), inputs=[audit_id, position],
-                         outputs=review, **private, **model_event)
-        export.click(audit.review_export, inputs=audit_id, outputs=[exported, export_message], **private)
+            button.click(lambda key, at, step=step: audit.review_move(key, at, step).outputs(),
+                         inputs=[audit_id, position], outputs=review, **private, **model_event)
+        export.click(as_outputs(audit.review_export), inputs=audit_id, outputs=ExportView.wire(page), **private)
 
         # On every page load: checkpoints added since the start, the review left off, the review's keys.
         demo.load(lambda: gr.Dropdown(choices=registry.keys()), outputs=selector, **private)
-        demo.load(audit.restore, inputs=remembered, outputs=[audit_summary, audit_table, gallery, report, audit_id,
-                                                             *review], **private, **model_event)
-        demo.load(None, js=ui.REVIEW_KEYS_JS)
+        demo.load(as_outputs(audit.restore), inputs=remembered, outputs=AuditView.wire(page) + review, **private,
+                  **model_event)
+        demo.load(None, js=assets.REVIEW_KEYS_JS)
 
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
     return demo

@@ -78,7 +78,7 @@ def _gradcam(model: LoadedModel, inputs: torch.Tensor, target: int) -> Callable[
 
 
 def bench_model(name: str, model: LoadedModel, rounds: int, warmup: int, gradcam: bool) -> dict[str, Any]:
-    from spml.ui import format_analysis
+    from spml.app.inspect import format_analysis
 
     size = model.image_size
     picture, _, _ = render_scene(0, "test", 0, size)  # an S x S image: the app's resize is then a no-op

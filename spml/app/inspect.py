@@ -1,0 +1,299 @@
+"""The Inspect tab: one image analysed, formatted for the page; the examples of a checkpoint's world."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from spml.app.common import UserError, View, gpu
+from spml.app.registry import CheckpointRegistry, describe_checkpoint, is_synthetic
+from spml.checkpoint import CheckpointError, LoadedModel
+from spml.data.images import DOWNSCALED_KEY, MAX_SIDE, ImageLoadError, load_image
+from spml.data.synthetic import render_scene
+from spml.inspect import AnalysisResult, analyze
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_SEED = 0  # the seed `train prepare synthetic` defaults to: examples are the demo's own test scenes
+EXAMPLE_COUNT = 8
+NORM_LABELS = {"image": "per image (paper)", "reference": "reference code"}
+TABLE_HEADERS = ["class", "probability", "logit", "masked logit", "gap", "T_gap", "A_c", "rejected"]
+_GRAY_MODES = {"1", "L", "P"}
+_DEEP_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
+
+
+# ------------------------------------------------------------------------------------ display formatting
+
+
+@dataclass(frozen=True)
+class AnalysisView(View):
+    """One analysis as the Inspect view's components take it (``/analyze`` returns these, in this order)."""
+
+    labels: dict[str, float]
+    overlay: np.ndarray
+    masked: np.ndarray
+    crop: np.ndarray | None
+    table: dict[str, list]
+    summary: str
+
+
+def _number(value: float | None) -> float | str:
+    return "—" if value is None else round(float(value), 3)
+
+
+def table_data(result: AnalysisResult) -> dict[str, list]:
+    """Every class but the positive; the rejected ones first (``AnalysisResult.table``'s order)."""
+    rows = [
+        [row["class"], _number(row["probability"]), _number(row["logit"]), _number(row["masked_logit"]),
+         _number(row["gap"]), _number(row["gap_threshold"]), _number(row["class_average"]),
+         "yes" if row["rejected"] else "no"]
+        for row in result.table()
+    ]
+    return {"headers": TABLE_HEADERS, "data": rows}
+
+
+def summary_markdown(result: AnalysisResult, notes: list[str]) -> str:
+    height, width = result.image.shape[:2]
+    how = "as given" if result.positive_given else "the top prediction"
+    lines = [
+        f"**Positive:** `{result.positive}` ({how}, p = {result.probabilities[result.positive]:.3f}). "
+        f"**CAM:** {NORM_LABELS.get(result.cam_norm, result.cam_norm)} normalisation, threshold "
+        f"{result.cam_threshold:.2f}."
+    ]
+    if result.box is None:
+        lines.append("**Mask:** empty at this threshold (no pixel of the CAM is above it): lower the threshold.")
+    else:
+        left, top, right, bottom = result.box
+        share = 100.0 * float(result.mask.mean())
+        lines.append(f"**Mask:** {share:.0f}% of the image; bounding box ({left}, {top})–({right}, {bottom}).")
+    if result.gap_threshold is None:
+        lines.append("**Rule:** this checkpoint stores no running thresholds, so nothing can be rejected.")
+    elif result.rejected:
+        lines.append(f"**Rejected as likely false negatives:** {', '.join(f'`{c}`' for c in result.rejected)} "
+                     f"(gap > T_gap = {result.gap_threshold:.3f} and logit > A_c).")
+    else:
+        lines.append(f"**Rejected:** none (T_gap = {result.gap_threshold:.3f}).")
+    lines.append(f"**Analysed at** {width}×{height} px." + "".join(f" {note}" for note in notes))
+    return "  \n".join(lines)
+
+
+def format_analysis(result: AnalysisResult, notes: list[str] | None = None) -> AnalysisView:
+    ranked = dict(sorted(result.probabilities.items(), key=lambda item: -item[1]))
+    return AnalysisView(
+        labels=ranked,
+        overlay=result.overlay,
+        masked=result.masked_image,
+        crop=result.crop if result.box is not None else None,
+        table=table_data(result),
+        summary=summary_markdown(result, notes or []),
+    )
+
+
+def input_notes(path: str | Path | None, picture: Image.Image) -> list[str]:
+    """What was done to make the input analysable: one short sentence per conversion."""
+    notes = []
+    if path is not None:
+        try:
+            with Image.open(path) as header:  # header only: the pixels were decoded by load_image
+                mode, frames, kind = header.mode, getattr(header, "n_frames", 1), header.format or "image"
+                orientation = int(header.getexif().get(0x0112, 1))
+        except Exception:  # noqa: BLE001 - notes are a courtesy; load_image already accepted the file
+            mode, frames, kind, orientation = "RGB", 1, "image", 1
+        if frames > 1:
+            notes.append(f"Animated {kind} of {frames} frames: the first frame is analysed.")
+        if mode in _DEEP_MODES:
+            notes.append(f"{_DEEP_MODES[mode]}-bit image scaled to 8 bits.")
+        elif mode == "CMYK":
+            notes.append("CMYK converted to RGB.")
+        elif mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in picture.info):
+            notes.append("Transparent areas composited on white.")
+        elif mode in _GRAY_MODES:
+            notes.append("Grayscale or palette image converted to RGB.")
+        if orientation != 1:
+            notes.append(f"Turned upright by its EXIF orientation ({orientation}).")
+    if DOWNSCALED_KEY in picture.info:
+        width, height = picture.info[DOWNSCALED_KEY]
+        notes.append(f"Downscaled from {width}×{height} (the longer side is capped at {MAX_SIDE} px).")
+    return notes
+
+
+# ------------------------------------------------------------------------------------------- examples
+
+
+class ExampleCache:
+    """Example images of a checkpoint's own world, written on first request, and their analyses,
+    computed on first click and then served from memory (least recently used dropped first)."""
+
+    def __init__(self, directory: Path, count: int = EXAMPLE_COUNT, max_views: int = 128):
+        self.directory = Path(directory)
+        self.count = count
+        self.max_views = max_views
+        self._images: dict[str, list[tuple[Path, str]]] = {}
+        self._views: OrderedDict[tuple, AnalysisView] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def images(self, key: str, model: LoadedModel) -> list[tuple[Path, str]]:
+        """(file, caption) pairs; none for a checkpoint whose world this app cannot draw from."""
+        with self._lock:
+            if key not in self._images:
+                self._images[key] = self._render(key, model) if is_synthetic(model) else []
+            return self._images[key]
+
+    def _render(self, key: str, model: LoadedModel) -> list[tuple[Path, str]]:
+        folder = self.directory / hashlib.sha1(f"{key}|{model.image_size}".encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        examples = []
+        for index in range(self.count):
+            image, labels, _ = render_scene(EXAMPLE_SEED, "test", index, model.image_size)
+            path = folder / f"scene-{index:02d}.png"
+            image.save(path)
+            examples.append((path, ", ".join(labels)))
+        return examples
+
+    def view(self, cache_key: tuple, compute: Callable[[], AnalysisView]) -> AnalysisView:
+        with self._lock:
+            if cache_key in self._views:
+                self._views.move_to_end(cache_key)
+                return self._views[cache_key]
+        view = compute()  # outside the lock: other examples stay servable meanwhile
+        with self._lock:
+            self._views[cache_key] = view
+            while len(self._views) > self.max_views:
+                self._views.popitem(last=False)
+        return view
+
+
+# ------------------------------------------------------------------------------------------ callbacks
+
+
+def _image_path(image: Any) -> tuple[str | bytes, str | None]:
+    """The file (or bytes) behind what the Image input sent: a Gradio file payload, a data URL or a path.
+    Returns it with the name to show in messages."""
+    if image is None or image == "":
+        raise UserError("Upload, paste or capture an image first.", title="No image")
+    if isinstance(image, dict):
+        url, path = image.get("url") or "", image.get("path")
+        if path is None and url.startswith("data:"):
+            try:
+                return base64.b64decode(url.split(",", 1)[1], validate=False), "pasted image"
+            except (ValueError, IndexError):
+                raise UserError("The pasted image data could not be decoded.") from None
+        if path is None:
+            raise UserError("No image file was received.", title="No image")
+        return str(path), image.get("orig_name") or Path(str(path)).name
+    return str(image), Path(str(image)).name
+
+
+@gpu
+def run_analysis(model: LoadedModel, picture: Image.Image, positive: str, cam_threshold: float | None,
+                 cam_norm: str | None) -> AnalysisResult:
+    """The GPU work of one request (decorated at import, as ZeroGPU requires); returns CPU data only."""
+    return analyze(model, picture, positive=positive or None, cam_threshold=cam_threshold, cam_norm=cam_norm)
+
+
+@dataclass(frozen=True)
+class CheckpointView(View):
+    """What changes on the page when another checkpoint is selected."""
+
+    session_checkpoint: str
+    description: str
+    positive: gr.Dropdown
+    threshold: gr.Slider
+    norm: gr.Radio
+    examples: gr.Dataset
+
+
+class InspectController:
+    """The Inspect tab's callbacks, bound to the shared checkpoints and example cache."""
+
+    def __init__(self, registry: CheckpointRegistry, examples: ExampleCache):
+        self.registry = registry
+        self.examples = examples
+
+    def _model(self, checkpoint: str | None) -> LoadedModel:
+        try:
+            return self.registry.get(checkpoint)
+        except CheckpointError as error:
+            raise UserError(str(error), title="Cannot load this checkpoint") from None
+
+    def _view(self, model: LoadedModel, source: str | bytes, name: str | None, positive: str | None,
+              cam_threshold: float | None, cam_norm: str | None, notes: list[str] | None = None) -> AnalysisView:
+        try:
+            threshold = None if cam_threshold in (None, "") else float(cam_threshold)
+        except (TypeError, ValueError):
+            raise UserError(f"The CAM threshold must be a number, got {cam_threshold!r}.") from None
+        try:
+            picture = load_image(source)
+        except ImageLoadError as error:
+            message = str(error)
+            if isinstance(source, str) and name:
+                message = message.replace(source, name)  # the server's temporary path means nothing to users
+            raise UserError(message) from None
+        notes = [*(notes or []), *input_notes(source if isinstance(source, str) else None, picture)]
+        try:
+            result = run_analysis(model, picture, (positive or "").strip(), threshold, cam_norm or None)
+        except ValueError as error:  # analyze's own checks: unknown class, threshold, normalisation
+            raise UserError(str(error)) from None
+        except Exception as error:  # noqa: BLE001 - any failure must leave the app serving the next request
+            log.exception("analysis failed")
+            raise gr.Error(f"The analysis failed ({type(error).__name__}: {error}).") from None
+        return format_analysis(result, notes)
+
+    def analyze(self, image: Any, positive: str | None = "", cam_threshold: float | None = None,
+                cam_norm: str | None = None, checkpoint: str | None = None) -> AnalysisView:
+        """``/analyze``: labels, CAM overlay, masked image, crop, table of the other classes, summary."""
+        source, name = _image_path(image)
+        return self._view(self._model(checkpoint), source, name, positive, cam_threshold, cam_norm)
+
+    def example(self, index: int, checkpoint: str | None, positive: str | None = "",
+                cam_threshold: float | None = None, cam_norm: str | None = None) -> tuple[str, AnalysisView]:
+        """A click on example ``index``: the example into the image input, and its analysis (cached)."""
+        key = checkpoint or self.registry.configured
+        model = self._model(key)
+        images = self.examples.images(key, model)
+        if not 0 <= int(index) < len(images):
+            raise UserError(f"No example {index}.", title="No such example")
+        path, caption = images[int(index)]
+        notes = [f"Example scene; its true labels: {caption}."]
+        cache_key = (key, int(index), (positive or "").strip(), cam_threshold, cam_norm)
+        view = self.examples.view(cache_key, lambda: self._view(model, str(path), path.name, positive,
+                                                                 cam_threshold, cam_norm, notes))
+        return str(path), view
+
+    def checkpoint_defaults(self, key: str | None = None) -> dict[str, Any]:
+        """What the page shows for a checkpoint: description, class choices, CAM defaults, examples."""
+        key = key or self.registry.configured
+        model = self._model(key)
+        examples = self.examples.images(key, model)
+        return {
+            "key": key,
+            "description": describe_checkpoint(key, model),
+            "classes": [("top prediction", "")] + [(name, name) for name in model.classes],
+            "cam_threshold": model.cam_threshold,
+            "cam_norm": model.cam_norm,
+            "examples": [[str(path)] for path, _ in examples],
+        }
+
+    def select_checkpoint(self, key: str) -> CheckpointView:
+        """The checkpoint selector changed: the session's checkpoint and every control that depends on it."""
+        defaults = self.checkpoint_defaults(key)
+        return CheckpointView(
+            session_checkpoint=defaults["key"],
+            description=defaults["description"],
+            positive=gr.Dropdown(choices=defaults["classes"], value=""),
+            threshold=gr.Slider(value=defaults["cam_threshold"]),
+            norm=gr.Radio(value=defaults["cam_norm"]),
+            examples=gr.Dataset(samples=defaults["examples"], visible=bool(defaults["examples"])),
+        )
+

@@ -20,6 +20,7 @@ from spml.app import assets
 from spml.app.audit import AuditController, AuditView, AuditWorkspace, ExportView, ReviewView
 from spml.app.common import as_outputs
 from spml.app.inspect import NORM_LABELS, AnalysisView, CheckpointView, ExampleCache, InspectController
+from spml.app.outputs import OutputFiles
 from spml.app.registry import DEFAULT_CHECKPOINT, CheckpointRegistry
 from spml.cam import CAM_NORMS
 
@@ -50,11 +51,14 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
     inspector = InspectController(registry, ExampleCache(Path(tempfile.gettempdir()) / "spml-examples"))
     workspace = AuditWorkspace(audits or audit_dir())
     audit = AuditController(registry, workspace)
+    # Output images are written by the app, each request's to a folder of its own (spml.app.outputs says why).
+    files = OutputFiles(Path(tempfile.gettempdir()) / "spml-outputs")
     defaults = inspector.checkpoint_defaults()  # loads the configured checkpoint: a bad one fails at start
     model_event = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
     private = {"api_visibility": "private"}
 
-    with gr.Blocks(title="CALR: single-positive labels, inspected") as demo:
+    # delete_cache: Gradio's copies of served files older than an hour are removed every half hour.
+    with gr.Blocks(title="CALR: single-positive labels, inspected", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(assets.INTRO)
         gr.HTML(assets.method_figure(), elem_id="method-figure")
         session_checkpoint = gr.State(registry.configured)
@@ -151,31 +155,32 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
         analysis = AnalysisView.wire(page)
         # preprocess=False: the callback reads the uploaded file itself, so a file that is no image, or
         # one too large to decode safely, gets spml's clear message instead of a decoder crash.
-        run.click(as_outputs(inspector.analyze), inputs=[image, positive, threshold, norm, session_checkpoint],
+        run.click(as_outputs(inspector.analyze, files), inputs=[image, positive, threshold, norm, session_checkpoint],
                   outputs=analysis, api_name="analyze", preprocess=False, **model_event)
-        examples.click(as_outputs(inspector.example), inputs=[examples, session_checkpoint, positive, threshold, norm],
+        examples.click(as_outputs(inspector.example, files),
+                       inputs=[examples, session_checkpoint, positive, threshold, norm],
                        outputs=[image, *analysis], **private, **model_event)
         selector.change(as_outputs(inspector.select_checkpoint), inputs=selector,
                         outputs=CheckpointView.wire(page), **private, **model_event)
 
         review = ReviewView.wire(page)
-        review_open = as_outputs(audit.review_open)
-        audited = start.click(as_outputs(audit.audit),
+        review_open = as_outputs(audit.review_open, files)
+        audited = start.click(as_outputs(audit.audit, files),
                               inputs=[zip_file, split, top, gallery_size, server_path, session_checkpoint],
                               outputs=AuditView.wire(page), api_name="audit", **model_event)
         audited.success(lambda value: value, inputs=audit_id, outputs=remembered, **private).success(
             review_open, inputs=audit_id, outputs=review, **private, **model_event)
         for button, decision in ((confirm, "confirm"), (dismiss, "dismiss"), (undo, None)):
-            button.click(lambda key, at, decision=decision: audit.review_decide(key, at, decision).outputs(),
+            button.click(as_outputs(lambda key, at, decision=decision: audit.review_decide(key, at, decision), files),
                          inputs=[audit_id, position], outputs=review, **private, **model_event)
         for button, step in ((previous, -1), (following, 1)):
-            button.click(lambda key, at, step=step: audit.review_move(key, at, step).outputs(),
+            button.click(as_outputs(lambda key, at, step=step: audit.review_move(key, at, step), files),
                          inputs=[audit_id, position], outputs=review, **private, **model_event)
         export.click(as_outputs(audit.review_export), inputs=audit_id, outputs=ExportView.wire(page), **private)
 
         # On every page load: checkpoints added since the start, the review left off, the review's keys.
         demo.load(lambda: gr.Dropdown(choices=registry.keys()), outputs=selector, **private)
-        demo.load(as_outputs(audit.restore), inputs=remembered, outputs=AuditView.wire(page) + review, **private,
+        demo.load(as_outputs(audit.restore, files), inputs=remembered, outputs=AuditView.wire(page) + review, **private,
                   **model_event)
         demo.load(None, js=assets.REVIEW_KEYS_JS)
 

@@ -19,6 +19,7 @@ from spml.app import audit as app_audit
 from spml.app import common
 from spml.app import inspect as app_inspect
 from spml.app import registry as app_registry
+from spml.app.outputs import OutputFiles
 from spml.checkpoint import load_model
 from spml.data.synthetic import SYNTHETIC_CLASSES
 from spml.inference import fold_batchnorm, optimize_for_inference
@@ -278,6 +279,44 @@ def test_api_serves_concurrent_users(served, app_inputs):
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
     assert all(len(result) == 6 and result[0]["label"] in SYNTHETIC_CLASSES for result in results)
+
+
+def test_api_concurrent_identical_requests_get_complete_files(app_url, app_inputs, tmp_path):
+    """Many visitors on the same photo at once: each answer's images arrive whole and identical. Gradio
+    alone would write identical results to one cache path and rewrite it while serving it (short downloads)."""
+    from gradio_client import Client, handle_file
+
+    photo = tmp_path / "photo.png"  # large outputs: a long window in which a rewrite would cut a download
+    Image.open(app_inputs["scene"].path).resize((1600, 1600), Image.Resampling.BILINEAR).save(photo)
+    clients = [Client(app_url, verbose=False) for _ in range(6)]
+    jobs = [clients[index % 6].submit(handle_file(str(photo)), api_name="/analyze") for index in range(24)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=300), jobs))
+    first = None
+    for _, overlay, masked, crop, _, _ in results:
+        pixels = []
+        for path in (overlay, masked, crop):
+            with Image.open(path) as image:
+                image.load()  # a file cut short raises here
+                pixels.append(np.asarray(image))
+        first = first or pixels
+        assert all(np.array_equal(a, b) for a, b in zip(pixels, first, strict=True))
+    assert first[0].shape == (1600, 1600, 3)
+
+
+def test_output_files_are_unique_and_pruned(tmp_path):
+    files = OutputFiles(tmp_path, max_age=0.0, prune_every=0.0)
+    image = np.full((4, 6, 3), 200, dtype=np.uint8)
+    view = app_inspect.AnalysisView(labels={"a": 1.0}, overlay=image, masked=image, crop=None, table={},
+                                    summary="s").written(files)
+    again = app_inspect.AnalysisView(labels={}, overlay=image, masked=image, crop=None, table={},
+                                     summary="s").written(files)
+    assert Path(view.overlay).parent != Path(again.overlay).parent, "a folder per request"
+    assert np.asarray(Image.open(again.overlay)).shape == (4, 6, 3) and again.crop is None
+    assert not Path(view.overlay).exists(), "folders older than max_age are removed"
+    gallery = app_audit.AuditView("s", {}, [(image, "first"), (image, "second")], "r", "x").written(files)
+    assert [caption for _, caption in gallery.gallery] == ["first", "second"]
+    assert all(Path(path).is_file() for path, _ in gallery.gallery)
 
 
 # ------------------------------------------------------------------------------------------ audit

@@ -6,11 +6,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
+from spml.app.outputs import OutputFiles
 from spml.runtime import resolve_device
 
 
@@ -63,15 +66,45 @@ class View:
     def outputs(self) -> tuple:
         return tuple(getattr(self, name) for name in self.names())
 
+    def written(self, files: OutputFiles) -> View:
+        """This view with each image (an array, or the array of a gallery's ``(array, caption)`` pair) written
+        to a file in a folder of this request's own: Gradio then serves files nobody rewrites
+        (``spml.app.outputs`` says why)."""
+        folder: Path | None = None
+        changes: dict[str, Any] = {}
 
-def as_outputs(callback: Callable[..., Any]) -> Callable[..., tuple]:
+        def write(name: str, image: np.ndarray) -> str:
+            nonlocal folder
+            folder = folder or files.folder()
+            return files.write_image(folder, name, image)
+
+        for name in self.names():
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                changes[name] = write(name, value)
+            elif isinstance(value, list) and any(isinstance(item, tuple) and isinstance(item[0], np.ndarray)
+                                                 for item in value):
+                changes[name] = [(write(f"{name}-{index}", item[0]), *item[1:])
+                                 if isinstance(item, tuple) and isinstance(item[0], np.ndarray) else item
+                                 for index, item in enumerate(value)]
+        return replace(self, **changes) if changes else self
+
+
+def as_outputs(callback: Callable[..., Any], files: OutputFiles | None = None) -> Callable[..., tuple]:
     """``callback`` as Gradio calls it: the views (and plain values) it returns, flattened into one tuple in
-    the order of their fields. The signature is kept (``functools.wraps``): the API names its parameters."""
+    the order of their fields, each view's images written to files of their own first when ``files`` is
+    given. The signature is kept (``functools.wraps``): the API names its parameters after it."""
 
     @functools.wraps(callback)
     def flat(*args: Any, **kwargs: Any) -> tuple:
         result = callback(*args, **kwargs)
         parts = result if isinstance(result, tuple) else (result,)
-        return tuple(value for part in parts for value in (part.outputs() if isinstance(part, View) else (part,)))
+        values: list[Any] = []
+        for part in parts:
+            if isinstance(part, View):
+                values.extend((part.written(files) if files is not None else part).outputs())
+            else:
+                values.append(part)
+        return tuple(values)
 
     return flat

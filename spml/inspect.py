@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from spml.cam import (
 from spml.checkpoint import LoadedModel
 from spml.data.images import ImageSource, load_image
 from spml.data.transforms import eval_transform
+from spml.familiarity import statistics_of
 from spml.rejection import logit_gap, rejection_mask
 
 
@@ -34,10 +35,10 @@ class AnalysisResult:
     logits: dict[str, float]
     masked_logits: dict[str, float]
     gaps: dict[str, float]
-    positive: str
+    positive: str  # the (first) class whose CAM is used
     positive_given: bool  # False: the top prediction was used
-    cam: np.ndarray  # (H, W) float32 in [0, 1]
-    mask: np.ndarray  # (H, W) bool, cam > cam_threshold
+    cam: np.ndarray  # (H, W) float32 in [0, 1]; with several positives, the pixelwise maximum of their CAMs
+    mask: np.ndarray  # (H, W) bool, cam > cam_threshold: the union of the positives' regions
     box: tuple[int, int, int, int] | None  # (left, top, right, bottom) of the mask
     crop: np.ndarray  # the image inside the box
     masked_image: np.ndarray  # the image with everything outside the mask in the mean colour
@@ -47,12 +48,20 @@ class AnalysisResult:
     cam_norm: str
     gap_threshold: float | None  # None: the checkpoint holds no running thresholds
     class_average: dict[str, float] | None
+    # False: the image does not look like the checkpoint's training world; None: the checkpoint holds no
+    # feature statistics to tell (``python -m spml calibrate``). See spml.familiarity.
+    in_distribution: bool | None = None
+    familiarity_distance: float | None = None  # the image's distance to the training features
+    familiarity_threshold: float | None = None
+    positives: list[str] = field(default_factory=list)  # every annotated positive (the top prediction if none)
+    # Every class's normalised CAM at the network's map resolution (C, h, w), from the same forward pass.
+    class_maps: np.ndarray | None = None
 
     def table(self) -> list[dict[str, object]]:
         """One row per class other than the positive: rejected ones first, then by probability."""
         rows = []
         for name in self.classes:
-            if name == self.positive:
+            if name in self.positives:
                 continue
             rows.append({
                 "class": name,
@@ -67,25 +76,34 @@ class AnalysisResult:
         return sorted(rows, key=lambda row: (not row["rejected"], -row["probability"]))
 
 
-def _resolve_positive(model: LoadedModel, positive: str | None, logits: torch.Tensor) -> tuple[int, bool]:
-    if positive is None or str(positive).strip() == "":
-        return int(logits.argmax()), False
-    return model.class_index(str(positive).strip()), True
+def _resolve_positives(model: LoadedModel, positive: str | list[str] | tuple[str, ...] | None,
+                       logits: torch.Tensor) -> tuple[list[int], bool]:
+    """The annotated positives' indices (a list, or names joined by ``;``), each once, in the order given;
+    the top prediction when none is given."""
+    names = positive.split(";") if isinstance(positive, str) else list(positive or [])
+    indices: list[int] = []
+    for name in (str(name).strip() for name in names):
+        if name and model.class_index(name) not in indices:
+            indices.append(model.class_index(name))
+    if not indices:
+        return [int(logits.argmax())], False
+    return indices, True
 
 
 @torch.inference_mode()
 def analyze(
     model: LoadedModel,
     image: ImageSource | Image.Image | np.ndarray,
-    positive: str | None = None,
+    positive: str | list[str] | tuple[str, ...] | None = None,
     cam_threshold: float | None = None,
     cam_norm: str | None = None,
 ) -> AnalysisResult:
     """Run the checkpoint on one image the way training would treat it with ``positive`` annotated.
 
-    One forward pass gives the logits and the CAM; a second one, on the masked image, gives the
-    masked logits. A batch of one has no batch statistics, so the ``reference`` normalisation falls
-    back to per-image min-max here (see ``spml.cam.normalize_cams``).
+    One forward pass gives the logits and every class's CAM; a second one, on the masked image, gives
+    the masked logits. Several annotated positives (a list, or names joined by ``;``) mask to the union
+    of their regions. Each map is normalised on its own: a batch of one image has no batch statistics,
+    so the ``reference`` normalisation falls back to per-image min-max here (see ``spml.cam.normalize_cams``).
     """
     threshold = model.cam_threshold if cam_threshold is None else float(cam_threshold)
     norm = model.cam_norm if cam_norm is None else cam_norm
@@ -100,13 +118,18 @@ def analyze(
 
     output = network(inputs)
     logits = output.logits[0].float()
-    positive_index, given = _resolve_positive(model, positive, logits)
-    cams = normalize_cams(network.class_maps(output, torch.tensor([positive_index], device=device)).float(), norm)
+    statistics = statistics_of(model)
+    familiar, distance = (None, None) if statistics is None else statistics.in_distribution(picture)
+    positive_indices, given = _resolve_positives(model, positive, logits)
+    # Every class's map from the one forward pass (C, h, w), each normalised on its own: the positives'
+    # give the mask, all of them the app's gallery.
+    maps = normalize_cams(network.class_maps(output)[0].float(), "image" if norm == "reference" else norm)
+    cams = maps[positive_indices].amax(dim=0, keepdim=True)  # the union of the regions above the threshold
     network_mask = upsample_maps(cams, tuple(inputs.shape[-2:])) > threshold
     masked_logits = network(apply_masks(inputs, network_mask)).logits[0].float()
 
     observed = torch.zeros_like(logits, dtype=torch.int8)
-    observed[positive_index] = 1
+    observed[positive_indices] = 1
     gaps = logit_gap(logits, masked_logits)
     if model.thresholds is not None:
         rejected_flags = rejection_mask(logits[None], masked_logits[None], observed[None],
@@ -130,7 +153,7 @@ def analyze(
         logits=dict(zip(names, logits.cpu().tolist(), strict=True)),
         masked_logits=dict(zip(names, masked_logits.cpu().tolist(), strict=True)),
         gaps=dict(zip(names, gaps.cpu().tolist(), strict=True)),
-        positive=names[positive_index],
+        positive=names[positive_indices[0]],
         positive_given=given,
         cam=cam,
         mask=mask,
@@ -143,4 +166,9 @@ def analyze(
         cam_norm=norm,
         gap_threshold=gap_threshold,
         class_average=class_average,
+        in_distribution=familiar,
+        familiarity_distance=distance,
+        familiarity_threshold=None if statistics is None else statistics.threshold,
+        positives=[names[i] for i in positive_indices],
+        class_maps=maps.cpu().numpy(),
     )

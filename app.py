@@ -18,7 +18,7 @@ import torch
 
 from spml.app import assets
 from spml.app.audit import AuditController, AuditView, AuditWorkspace, ExportView, ReviewView
-from spml.app.common import as_outputs
+from spml.app.common import as_outputs, fix_malloc_threshold
 from spml.app.inspect import NORM_LABELS, AnalysisView, CheckpointView, ExampleCache, InspectController
 from spml.app.outputs import OutputFiles
 from spml.app.registry import DEFAULT_CHECKPOINT, CheckpointRegistry
@@ -189,5 +189,6 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
 
 
 if __name__ == "__main__":
+    fix_malloc_threshold()  # before any image is decoded: keeps the server's memory level (spml.app.common)
     torch.set_num_threads(TORCH_THREADS)
     build_app().launch(max_file_size=MAX_UPLOAD, css=CSS, allowed_paths=[str(audit_dir())])

@@ -151,7 +151,7 @@ def calibrate_checkpoint(checkpoint: str | Path, model: LoadedModel, data: str |
     config = read_config(directory)
     statistics = fit_statistics(split_descriptors(data, split, progress), str(data), split)
     config["familiarity"] = statistics.to_config()
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     model.familiarity = config["familiarity"]
     log(f"{directory / CONFIG_NAME}: image statistics of {statistics.images} images of {split}, "
         f"threshold {statistics.threshold:.3f}")

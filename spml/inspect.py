@@ -124,8 +124,8 @@ def analyze(
     # Every class's map from the one forward pass (C, h, w), each normalised on its own: the positives'
     # give the mask, all of them the app's gallery.
     maps = normalize_cams(network.class_maps(output)[0].float(), "image" if norm == "reference" else norm)
-    cams = maps[positive_indices].amax(dim=0, keepdim=True)  # the union of the regions above the threshold
-    network_mask = upsample_maps(cams, tuple(inputs.shape[-2:])) > threshold
+    cams = maps[positive_indices]  # (k, h, w): each positive's map, upsampled on its own before the union
+    network_mask = (upsample_maps(cams, tuple(inputs.shape[-2:])) > threshold).any(dim=0, keepdim=True)
     masked_logits = network(apply_masks(inputs, network_mask)).logits[0].float()
 
     observed = torch.zeros_like(logits, dtype=torch.int8)
@@ -141,7 +141,7 @@ def analyze(
         rejected_indices, gap_threshold, class_average = [], None, None
 
     height, width = rgb.shape[:2]
-    cam = upsample_maps(cams, (height, width))[0].clamp(0, 1).cpu().numpy().astype(np.float32)
+    cam = upsample_maps(cams, (height, width)).amax(dim=0).clamp(0, 1).cpu().numpy().astype(np.float32)
     mask = cam > threshold
     box = mask_box(mask)
     probabilities = torch.sigmoid(logits)

@@ -91,7 +91,11 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                                           visible=bool(defaults["examples"]))
                 with gr.Column(scale=1):
                     labels = gr.Label(label="Predicted labels", num_top_classes=10, elem_id="labels")
+                    world = gr.Markdown(elem_id="world-notice")
                     summary = gr.Markdown(label="Summary", elem_classes="spml-summary", elem_id="summary")
+                    cam_gallery = gr.Gallery(label="CAM of every predicted label: click one to make it the positive",
+                                             columns=4, height="auto", allow_preview=False, elem_id="cam-gallery")
+                    gallery_classes = gr.State([])
             with gr.Row():
                 overlay = gr.Image(label="CAM of the positive", format="jpeg", interactive=False,
                                    height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="cam")
@@ -147,7 +151,8 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
         # Every component a callback writes, by the name its view gives it.
         page = {"session_checkpoint": session_checkpoint, "description": description, "positive": positive,
                 "threshold": threshold, "norm": norm, "examples": examples, "labels": labels, "overlay": overlay,
-                "masked": masked, "crop": crop, "table": table, "summary": summary, "audit_summary": audit_summary,
+                "masked": masked, "crop": crop, "table": table, "summary": summary, "world": world,
+                "cam_gallery": cam_gallery, "gallery_classes": gallery_classes, "audit_summary": audit_summary,
                 "audit_table": audit_table, "gallery": gallery, "report": report, "audit_id": audit_id,
                 "position": position, "question": question, "review_cam": review_cam,
                 "review_masked": review_masked, "review_crop": review_crop, "status": status,
@@ -155,8 +160,13 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
         analysis = AnalysisView.wire(page)
         # preprocess=False: the callback reads the uploaded file itself, so a file that is no image, or
         # one too large to decode safely, gets spml's clear message instead of a decoder crash.
-        run.click(as_outputs(inspector.analyze, files), inputs=[image, positive, threshold, norm, session_checkpoint],
-                  outputs=analysis, api_name="analyze", preprocess=False, **model_event)
+        analyse = {"fn": as_outputs(inspector.analyze, files), "inputs": [image, positive, threshold, norm,
+                                                                          session_checkpoint],
+                   "outputs": analysis, "preprocess": False, **model_event}
+        run.click(**analyse, api_name="analyze")
+        # A click on a label's CAM makes that label the positive, and analyses again.
+        cam_gallery.select(inspector.pick_positive, inputs=gallery_classes, outputs=positive, **private).success(
+            **analyse, **private)
         examples.click(as_outputs(inspector.example, files),
                        inputs=[examples, session_checkpoint, positive, threshold, norm],
                        outputs=[image, *analysis], **private, **model_event)

@@ -109,8 +109,12 @@ def test_fold_leaves_reused_modules_and_untraceable_ones_alone():
 
 def test_analyze_callback_outputs_at_the_image_size(controller, app_inputs):
     view = controller.analyze(str(app_inputs["scene"].path))
-    labels, overlay, masked, crop, table, summary = view.outputs()
-    assert view.names() == ("labels", "overlay", "masked", "crop", "table", "summary")
+    labels, overlay, masked, crop, table, summary, world, gallery, gallery_classes = view.outputs()
+    assert view.names()[:6] == ("labels", "overlay", "masked", "crop", "table", "summary")
+    assert world == "", "a checkpoint without image statistics never says 'another world'"
+    assert gallery_classes == [name for name in labels if labels[name] >= 0.5][:8] or [next(iter(labels))]
+    assert [caption.split()[0] for _, caption in gallery] == gallery_classes
+    assert all(image.shape == (128, 128, 3) for image, _ in gallery)
     assert list(labels) == sorted(labels, key=lambda name: -labels[name]) and set(labels) == set(SYNTHETIC_CLASSES)
     assert overlay.shape == masked.shape == (128, 128, 3)
     assert crop is not None and crop.shape[0] <= 128 and crop.shape[2] == 3
@@ -259,8 +263,9 @@ def test_api_analyze_on_every_input_kind(served, app_inputs):
             with pytest.raises(AppError, match=case.error):
                 served.predict(handle_file(str(case.path)), api_name="/analyze")
             continue
-        labels, overlay, masked, crop, table, summary = served.predict(handle_file(str(case.path)),
-                                                                       api_name="/analyze")
+        labels, overlay, masked, crop, table, summary, world, gallery = served.predict(
+            handle_file(str(case.path)), api_name="/analyze")
+        assert world == "" and len(gallery) >= 1
         assert len(labels["confidences"]) == len(SYNTHETIC_CLASSES), kind
         assert np.asarray(Image.open(overlay)).shape[:2] == case.size, kind
         assert Path(masked).is_file() and len(table["data"]) == len(SYNTHETIC_CLASSES) - 1, kind
@@ -268,7 +273,7 @@ def test_api_analyze_on_every_input_kind(served, app_inputs):
     with pytest.raises(AppError, match="Unknown class 'unicorn'"):
         served.predict(handle_file(str(app_inputs["scene"].path)), "unicorn", api_name="/analyze")
     result = served.predict(handle_file(str(app_inputs["scene"].path)), "ring", api_name="/analyze")
-    assert "`ring` (as given" in result[-1], "the app still serves after every refusal"
+    assert "`ring` (as given" in result[5], "the app still serves after every refusal"
 
 
 def test_api_serves_concurrent_users(served, app_inputs):
@@ -278,7 +283,7 @@ def test_api_serves_concurrent_users(served, app_inputs):
     jobs = [served.submit(handle_file(str(path)), api_name="/analyze") for path in paths]
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
-    assert all(len(result) == 6 and result[0]["label"] in SYNTHETIC_CLASSES for result in results)
+    assert all(len(result) == 8 and result[0]["label"] in SYNTHETIC_CLASSES for result in results)
 
 
 def test_api_concurrent_identical_requests_get_complete_files(app_url, app_inputs, tmp_path):
@@ -293,7 +298,7 @@ def test_api_concurrent_identical_requests_get_complete_files(app_url, app_input
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda job: job.result(timeout=300), jobs))
     first = None
-    for _, overlay, masked, crop, _, _ in results:
+    for _, overlay, masked, crop, *_ in results:
         pixels = []
         for path in (overlay, masked, crop):
             with Image.open(path) as image:
@@ -308,11 +313,12 @@ def test_output_files_are_unique_and_pruned(tmp_path):
     files = OutputFiles(tmp_path, max_age=0.0, prune_every=0.0)
     image = np.full((4, 6, 3), 200, dtype=np.uint8)
     view = app_inspect.AnalysisView(labels={"a": 1.0}, overlay=image, masked=image, crop=None, table={},
-                                    summary="s").written(files)
-    again = app_inspect.AnalysisView(labels={}, overlay=image, masked=image, crop=None, table={},
-                                     summary="s").written(files)
+                                    summary="s", world="", cam_gallery=[], gallery_classes=[]).written(files)
+    again = app_inspect.AnalysisView(labels={}, overlay=image, masked=image, crop=None, table={}, summary="s",
+                                     world="", cam_gallery=[(image, "a 1.00")], gallery_classes=["a"]).written(files)
     assert Path(view.overlay).parent != Path(again.overlay).parent, "a folder per request"
     assert np.asarray(Image.open(again.overlay)).shape == (4, 6, 3) and again.crop is None
+    assert Path(again.cam_gallery[0][0]).parent == Path(again.overlay).parent
     assert not Path(view.overlay).exists(), "folders older than max_age are removed"
     gallery = app_audit.AuditView("s", {}, [(image, "first"), (image, "second")], "r", "x").written(files)
     assert [caption for _, caption in gallery.gallery] == ["first", "second"]

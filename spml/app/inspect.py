@@ -14,10 +14,12 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image
 
 from spml.app.common import UserError, View, gpu
-from spml.app.registry import CheckpointRegistry, describe_checkpoint, is_synthetic
+from spml.app.registry import CheckpointRegistry, class_list, describe_checkpoint, is_synthetic
+from spml.cam import heatmap_overlay, upsample_maps
 from spml.checkpoint import CheckpointError, LoadedModel
 from spml.data.images import DOWNSCALED_KEY, MAX_SIDE, ImageLoadError, load_image
 from spml.data.synthetic import render_scene
@@ -29,6 +31,9 @@ EXAMPLE_SEED = 0  # the seed `train prepare synthetic` defaults to: examples are
 EXAMPLE_COUNT = 8
 NORM_LABELS = {"image": "per image (paper)", "reference": "reference code"}
 TABLE_HEADERS = ["class", "probability", "logit", "masked logit", "gap", "T_gap", "A_c", "rejected"]
+GALLERY_SIZE = 8  # CAMs of the predicted labels shown at most ...
+GALLERY_PROBABILITY = 0.5  # ... those at or above this probability (at least the top prediction)
+THUMBNAIL_SIDE = 192  # the gallery's images, longer side in pixels
 _GRAY_MODES = {"1", "L", "P"}
 _DEEP_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
 
@@ -46,6 +51,9 @@ class AnalysisView(View):
     crop: np.ndarray | None
     table: dict[str, list]
     summary: str
+    world: str  # the notice when the image does not look like the checkpoint's world; "" otherwise
+    cam_gallery: list[tuple[np.ndarray, str]]  # the predicted labels' CAMs, captioned "class p"
+    gallery_classes: list[str]  # the gallery's classes in its order: a click picks the positive by index
 
 
 def _number(value: float | None) -> float | str:
@@ -66,8 +74,11 @@ def table_data(result: AnalysisResult) -> dict[str, list]:
 def summary_markdown(result: AnalysisResult, notes: list[str]) -> str:
     height, width = result.image.shape[:2]
     how = "as given" if result.positive_given else "the top prediction"
+    positives = result.positives or [result.positive]
+    named = ", ".join(f"`{name}` ({how}, p = {result.probabilities[name]:.3f})" for name in positives)
+    union = " (the union of their regions is the mask)" if len(positives) > 1 else ""
     lines = [
-        f"**Positive:** `{result.positive}` ({how}, p = {result.probabilities[result.positive]:.3f}). "
+        f"**Positive{'s' if len(positives) > 1 else ''}:** {named}{union}. "
         f"**CAM:** {NORM_LABELS.get(result.cam_norm, result.cam_norm)} normalisation, threshold "
         f"{result.cam_threshold:.2f}."
     ]
@@ -88,8 +99,45 @@ def summary_markdown(result: AnalysisResult, notes: list[str]) -> str:
     return "  \n".join(lines)
 
 
-def format_analysis(result: AnalysisResult, notes: list[str] | None = None) -> AnalysisView:
+def gallery_classes(result: AnalysisResult) -> list[str]:
+    """The predicted labels, most probable first: those at or above GALLERY_PROBABILITY (at least the top
+    one), GALLERY_SIZE at most."""
+    ranked = sorted(result.classes, key=lambda name: -result.probabilities[name])
+    chosen = [name for name in ranked if result.probabilities[name] >= GALLERY_PROBABILITY] or ranked[:1]
+    return chosen[:GALLERY_SIZE]
+
+
+def cam_gallery(result: AnalysisResult, classes: list[str]) -> list[tuple[np.ndarray, str]]:
+    """Each class's CAM (from the analysis's one forward pass) over a thumbnail of the image."""
+    if result.class_maps is None or not classes:
+        return []
+    height, width = result.image.shape[:2]
+    scale = min(1.0, THUMBNAIL_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    thumbnail = np.asarray(Image.fromarray(result.image).resize(size, Image.Resampling.BILINEAR))
+    indices = torch.tensor([result.classes.index(name) for name in classes])
+    maps = upsample_maps(torch.from_numpy(result.class_maps)[indices], (size[1], size[0])).clamp(0, 1).numpy()
+    return [(heatmap_overlay(thumbnail, cam), f"{name} {result.probabilities[name]:.2f}")
+            for name, cam in zip(classes, maps, strict=True)]
+
+
+def world_notice(result: AnalysisResult, model: LoadedModel) -> str:
+    """Markdown beside the labels when the image does not look like the checkpoint's training world."""
+    if result.in_distribution is not False:
+        return ""
+    world = ("the synthetic world of coloured shapes" if is_synthetic(model)
+             else f"the images of `{model.familiarity.get('data') or 'its training set'}`")
+    return (f"**This image does not look like the images this model was trained on** ({world}; distance "
+            f"{result.familiarity_distance:.2f} > {result.familiarity_threshold:.2f}). It only knows "
+            f"{len(model.classes)} classes ({class_list(model.classes, 12)}), so the labels and maps above say "
+            "little about this image. To analyse photos, load a checkpoint trained on real classes: type "
+            "`hf://OWNER/NAME` in the *Load a checkpoint* field at the top (or start the app with "
+            "`SPML_CHECKPOINT=hf://OWNER/NAME`).")
+
+
+def format_analysis(result: AnalysisResult, model: LoadedModel, notes: list[str] | None = None) -> AnalysisView:
     ranked = dict(sorted(result.probabilities.items(), key=lambda item: -item[1]))
+    classes = gallery_classes(result)
     return AnalysisView(
         labels=ranked,
         overlay=result.overlay,
@@ -97,6 +145,9 @@ def format_analysis(result: AnalysisResult, notes: list[str] | None = None) -> A
         crop=result.crop if result.box is not None else None,
         table=table_data(result),
         summary=summary_markdown(result, notes or []),
+        world=world_notice(result, model),
+        cam_gallery=cam_gallery(result, classes),
+        gallery_classes=classes,
     )
 
 
@@ -248,13 +299,20 @@ class InspectController:
         except Exception as error:  # noqa: BLE001 - any failure must leave the app serving the next request
             log.exception("analysis failed")
             raise gr.Error(f"The analysis failed ({type(error).__name__}: {error}).") from None
-        return format_analysis(result, notes)
+        return format_analysis(result, model, notes)
 
     def analyze(self, image: Any, positive: str | None = "", cam_threshold: float | None = None,
                 cam_norm: str | None = None, checkpoint: str | None = None) -> AnalysisView:
         """``/analyze``: labels, CAM overlay, masked image, crop, table of the other classes, summary."""
         source, name = _image_path(image)
         return self._view(self._model(checkpoint), source, name, positive, cam_threshold, cam_norm)
+
+    @staticmethod
+    def pick_positive(classes: list[str], selected: gr.SelectData) -> str:
+        """A click on the CAM gallery: the clicked label becomes the positive."""
+        if not classes or not 0 <= selected.index < len(classes):
+            raise UserError("That label is no longer shown: analyse again.", title="No such label")
+        return classes[selected.index]
 
     def example(self, index: int, checkpoint: str | None, positive: str | None = "",
                 cam_threshold: float | None = None, cam_norm: str | None = None) -> tuple[str, AnalysisView]:

@@ -93,6 +93,20 @@ def _first(mapping: dict[str, Any], *names: str) -> Any:
     return next((mapping[name] for name in names if mapping.get(name) not in (None, "")), None)
 
 
+def class_list(classes: list[str], limit: int = 40) -> str:
+    """``a, b, c`` for the first ``limit`` classes, and how many more."""
+    more = f" and {len(classes) - limit} more" if len(classes) > limit else ""
+    return ", ".join(classes[:limit]) + more
+
+
+def hub_link(key: str) -> str | None:
+    """The Hub page of an ``hf://OWNER/NAME[@REVISION]`` key; None for a local checkpoint."""
+    if not key.startswith("hf://"):
+        return None
+    repo, _, revision = key[len("hf://"):].partition("@")
+    return f"https://huggingface.co/{repo}" + (f"/tree/{revision}" if revision else "")
+
+
 def is_synthetic(model: LoadedModel) -> bool:
     return list(model.classes) == list(SYNTHETIC_CLASSES)
 
@@ -117,9 +131,12 @@ def describe_checkpoint(key: str, model: LoadedModel) -> str:
     recipe = ", ".join(part for part in (f"loss `{loss}`" if loss else "",
                                          f"{epochs} epoch{'' if str(epochs) == '1' else 's'}" if epochs else "")
                        if part)
+    link = hub_link(key)
     return (
-        f"**Loaded:** `{key}` — {arch}, {len(model.classes)} classes, {model.image_size} px input.  \n"
+        f"**Loaded:** `{key}` — {arch}, {len(model.classes)} classes, {model.image_size} px input"
+        f"{f' ([on the Hub]({link}))' if link else ''}.  \n"
         f"**Trained on** {trained}{f' ({recipe})' if recipe else ''}.  \n"
-        f"**Measured:** {', '.join(scores) if scores else 'no mAP recorded in this checkpoint'}."
+        f"**Measured:** {', '.join(scores) if scores else 'no mAP recorded in this checkpoint'}.  \n"
+        f"**Classes it knows:** {class_list(model.classes)}."
     )
 

@@ -98,8 +98,8 @@ def bench_model(name: str, model: LoadedModel, rounds: int, warmup: int, gradcam
     measures: dict[str, Callable[[], Any]] = {
         "forward": forward(model.network),
         "forward_optimized": forward(optimized.network),
-        "analysis": lambda: format_analysis(analyze(optimized, picture)),
-        "analysis_eager": lambda: format_analysis(analyze(model, picture)),
+        "analysis": lambda: format_analysis(analyze(optimized, picture), optimized),
+        "analysis_eager": lambda: format_analysis(analyze(model, picture), model),
     }
     if gradcam:
         measures["gradcam"] = _gradcam(model, inputs, top)

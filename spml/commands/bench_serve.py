@@ -109,7 +109,12 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     server = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_for(url, server)
+        try:
+            _wait_for(url, server)
+        except RuntimeError:
+            log.flush()
+            print((workdir / "server.log").read_text()[-3000:], file=sys.stderr)
+            raise
         clients = [Client(url, verbose=False) for _ in range(args.clients)]
         start_mb = resident_mb(server.pid)
         every = max(1, args.requests // args.samples)

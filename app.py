@@ -19,7 +19,14 @@ import torch
 from spml.app import assets
 from spml.app.audit import AuditController, AuditView, AuditWorkspace, ExportView, ReviewView
 from spml.app.common import as_outputs, fix_malloc_threshold
-from spml.app.inspect import NORM_LABELS, AnalysisView, CheckpointView, ExampleCache, InspectController
+from spml.app.inspect import (
+    NORM_LABELS,
+    AnalysisView,
+    CheckpointView,
+    ExampleCache,
+    InspectController,
+    LoadView,
+)
 from spml.app.outputs import OutputFiles
 from spml.app.registry import DEFAULT_CHECKPOINT, CheckpointRegistry
 from spml.cam import CAM_NORMS
@@ -54,6 +61,7 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
     # Output images are written by the app, each request's to a folder of its own (spml.app.outputs says why).
     files = OutputFiles(Path(tempfile.gettempdir()) / "spml-outputs")
     defaults = inspector.checkpoint_defaults()  # loads the configured checkpoint: a bad one fails at start
+    server_paths = os.environ.get("SPML_ALLOW_SERVER_PATHS") == "1"
     model_event = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "model"}
     private = {"api_visibility": "private"}
 
@@ -68,8 +76,15 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
         # tabs: a component in a tab not yet opened is not mounted, and would not read its stored value.
         remembered = gr.BrowserState(None, storage_key="spml-audit", secret=workspace.browser_secret())
         with gr.Row(equal_height=True):
-            selector = gr.Dropdown(choices=registry.keys(), value=registry.configured, label="Checkpoint",
-                                   scale=1, elem_id="checkpoint")
+            with gr.Column(scale=1):
+                selector = gr.Dropdown(choices=registry.keys(), value=registry.configured, label="Checkpoint",
+                                       elem_id="checkpoint")
+                with gr.Row():
+                    source = gr.Textbox(label="Load a checkpoint", scale=3, elem_id="checkpoint-source",
+                                        placeholder="hf://OWNER/NAME[@REVISION]"
+                                        + (" or a folder on the server" if server_paths else ""))
+                    load = gr.Button("Load", scale=1, elem_id="checkpoint-load")
+                load_status = gr.Markdown(elem_id="checkpoint-status")
             description = gr.Markdown(defaults["description"], elem_id="checkpoint-info")
 
         with gr.Tab("Inspect", elem_id="inspect-tab"):
@@ -118,7 +133,7 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                     top = gr.Number(500, precision=0, minimum=1, label="Rows in the report", elem_id="audit-top")
                     gallery_size = gr.Slider(0, 48, value=12, step=1, label="Suspects in the gallery")
                     server_path = gr.Textbox("", label="...or a data set folder on the server",
-                                             visible=os.environ.get("SPML_ALLOW_SERVER_PATHS") == "1")
+                                             visible=server_paths)
             start = gr.Button("Audit", variant="primary", elem_id="audit-run")
             audit_summary = gr.Markdown(elem_id="audit-summary")
             with gr.Group(elem_id="review"):
@@ -156,7 +171,8 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                 "audit_table": audit_table, "gallery": gallery, "report": report, "audit_id": audit_id,
                 "position": position, "question": question, "review_cam": review_cam,
                 "review_masked": review_masked, "review_crop": review_crop, "status": status,
-                "exported": exported, "export_message": export_message}
+                "exported": exported, "export_message": export_message, "selector": selector,
+                "load_status": load_status}
         analysis = AnalysisView.wire(page)
         # preprocess=False: the callback reads the uploaded file itself, so a file that is no image, or
         # one too large to decode safely, gets spml's clear message instead of a decoder crash.
@@ -170,6 +186,10 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
         examples.click(as_outputs(inspector.example, files),
                        inputs=[examples, session_checkpoint, positive, threshold, norm],
                        outputs=[image, *analysis], **private, **model_event)
+        # A checkpoint loaded through the field is selected, and the selector's change does the rest.
+        for trigger in (load.click, source.submit):
+            trigger(as_outputs(inspector.load_checkpoint), inputs=source, outputs=LoadView.wire(page), **private,
+                    **model_event)
         selector.change(as_outputs(inspector.select_checkpoint), inputs=selector,
                         outputs=CheckpointView.wire(page), **private, **model_event)
 

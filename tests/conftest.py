@@ -171,3 +171,26 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def offline_hub_checkpoint(app_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fixture checkpoint in a hand-built Hub cache as owner/shapes (ref main), the Hub offline; its key."""
+    import huggingface_hub.constants as hub_constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--owner--shapes" / "snapshots" / HUB_COMMIT
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((app_checkpoint / name).read_bytes())
+    (cache / "models--owner--shapes" / "refs").mkdir()
+    (cache / "models--owner--shapes" / "refs" / "main").write_text(HUB_COMMIT)
+    # huggingface_hub reads its environment at import time: point the already-imported constants here.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    return "hf://owner/shapes"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import sys
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -193,6 +194,45 @@ def test_checkpoint_registry_lists_and_guards(app_checkpoint, tmp_path):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.network.modules()), "optimised on load"
     with pytest.raises(gr.Error, match="unknown checkpoint"):
         registry.get("/etc")
+
+
+def test_checkpoint_field_loads_from_the_hub_cache_and_refuses_clearly(controller, offline_hub_checkpoint,
+                                                                      app_checkpoint, tmp_path, monkeypatch):
+    def load(source):
+        return controller.load_checkpoint(source, progress=lambda *args, **kwargs: None)
+
+    view = load(offline_hub_checkpoint)
+    assert view.selector.value == offline_hub_checkpoint
+    assert (offline_hub_checkpoint, offline_hub_checkpoint) in view.selector.choices
+    card = controller.select_checkpoint(offline_hub_checkpoint).description
+    assert "https://huggingface.co/owner/shapes" in card and "circle, square" in card
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "model.pt").write_bytes(b"not read")
+    alien = tmp_path / "alien"
+    alien.mkdir()
+    config = json.loads((app_checkpoint / "config.json").read_text())
+    (alien / "config.json").write_text(json.dumps({**config, "architecture": {"arch": "vit-huge", "num_classes": 10}}))
+    (alien / "model.safetensors").write_bytes((app_checkpoint / "model.safetensors").read_bytes())
+    cases = [
+        ("", "Type hf://OWNER/NAME"),
+        ("hf://owner", "not of the form hf://OWNER/NAME"),
+        ("hf://owner/missing", "not in this server's Hub cache"),
+        (str(app_checkpoint), "Loading a folder on the server is off"),
+        ("ALLOW", None),
+        (str(pickled), "has no config.json"),
+        (str(pickled), "model.pt there is never unpickled"),
+        (str(alien), "unknown architecture 'vit-huge'"),
+        (str(tmp_path / "nowhere"), "does not exist"),
+    ]
+    for source, message in cases:
+        if source == "ALLOW":
+            monkeypatch.setenv("SPML_ALLOW_SERVER_PATHS", "1")
+            continue
+        with pytest.raises(gr.Error) as caught:
+            load(source)
+        assert message in caught.value.message, caught.value.message
+    assert load(str(app_checkpoint)).selector.value == str(app_checkpoint.resolve())
 
 
 def test_gpu_decorator_uses_spaces_when_present(monkeypatch):

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_app_checkpoint
 from PIL import Image
 
-from conftest import make_app_checkpoint
 from spml import analyze, load_model
 from spml.data.generic import load_dataset
 from spml.data.synthetic import make_synthetic_dataset, render_scene

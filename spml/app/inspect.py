@@ -265,6 +265,14 @@ class CheckpointView(View):
     examples: gr.Dataset
 
 
+@dataclass(frozen=True)
+class LoadView(View):
+    """A checkpoint loaded through the page's field: the selector, now offering it and set to it."""
+
+    selector: gr.Dropdown
+    load_status: str
+
+
 class InspectController:
     """The Inspect tab's callbacks, bound to the shared checkpoints and example cache."""
 
@@ -306,6 +314,13 @@ class InspectController:
         """``/analyze``: labels, CAM overlay, masked image, crop, table of the other classes, summary."""
         source, name = _image_path(image)
         return self._view(self._model(checkpoint), source, name, positive, cam_threshold, cam_norm)
+
+    def load_checkpoint(self, source: str, progress: gr.Progress = gr.Progress()) -> LoadView:
+        """The *Load a checkpoint* field: validate, load and offer the checkpoint; selecting it follows."""
+        key = self.registry.add(source, lambda done, what: progress(done, desc=what))
+        return LoadView(selector=gr.Dropdown(choices=self.registry.keys(), value=key),
+                        load_status=f"Loaded `{key}`: it is selected, and offered in the selector to every visitor "
+                                    "of this server until it restarts.")
 
     @staticmethod
     def pick_positive(classes: list[str], selected: gr.SelectData) -> str:

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from spml.app.common import UserError, default_device
-from spml.checkpoint import CheckpointError, LoadedModel, load_model, read_config
+from spml.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    LoadedModel,
+    load_model,
+    read_config,
+    resolve_checkpoint,
+)
 from spml.data.synthetic import SYNTHETIC_CLASSES
 from spml.inference import optimize_for_inference
+from spml.model import ARCHITECTURES
 
 DEFAULT_CHECKPOINT = "checkpoints/demo"
 
@@ -33,6 +45,7 @@ class CheckpointRegistry:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._added: list[str] = []  # checkpoints users loaded through the page, for this server's life
 
     def _local(self, key: str) -> Path | None:
         if key.startswith("hf://"):
@@ -43,8 +56,9 @@ class CheckpointRegistry:
     def keys(self) -> list[str]:
         """The configured checkpoint first, then every checkpoint directory under ``search_dir``
         (three levels deep at most, e.g. ``checkpoints/run/best``), each once."""
-        keys = [self.configured]
-        seen = {self._local(self.configured)}
+        with self._lock:
+            keys = [self.configured, *(key for key in self._added if key != self.configured)]
+        seen = {self._local(key) for key in keys}
         if self.search_dir.is_dir():
             found = [p.parent for depth in ("*", "*/*", "*/*/*") for p in self.search_dir.glob(f"{depth}/config.json")]
             for directory in sorted(found):
@@ -70,7 +84,7 @@ class CheckpointRegistry:
                 self._models.move_to_end(key)
                 return self._models[key]
             loading = self._loading.setdefault(key, threading.Lock())
-        if key != self.configured and key not in self.keys():
+        if key != self.configured and key not in self._added and key not in self.keys():
             # Only listed checkpoints: the key comes from the browser and must not name arbitrary paths.
             raise UserError(f"unknown checkpoint {key!r}", title="Cannot load this checkpoint")
         with loading:
@@ -88,9 +102,109 @@ class CheckpointRegistry:
                     del self._models[oldest]
             return model
 
+    def add(self, source: str, progress: Callable[[float, str], None] = lambda done, what: None) -> str:
+        """Validate and load a checkpoint a user named (``hf://OWNER/NAME[@REVISION]``, or a folder on the
+        server where SPML_ALLOW_SERVER_PATHS=1), then offer it beside the others; returns its key.
+        Every problem is a UserError that says what is wrong and what to do."""
+        key = str(source or "").strip()
+        title = "Cannot load this checkpoint"
+        if not key:
+            raise UserError("Type hf://OWNER/NAME[@REVISION] (a checkpoint on the Hugging Face Hub).", title=title)
+        if key.startswith("hf://"):
+            if not HUB_KEY.match(key):
+                raise UserError(f"{key!r} is not of the form hf://OWNER/NAME[@REVISION].", title=title)
+            progress(0.05, "checking the repository on the Hub")
+            _check_hub_sizes(key)
+        elif os.environ.get("SPML_ALLOW_SERVER_PATHS") != "1":
+            raise UserError("Loading a folder on the server is off here (SPML_ALLOW_SERVER_PATHS=1 allows it): "
+                            "give a checkpoint on the Hub, hf://OWNER/NAME[@REVISION].", title=title)
+        else:
+            key = str(Path(key).expanduser().resolve())
+        progress(0.2, "fetching config.json and model.safetensors")
+        try:
+            directory = resolve_checkpoint(key)
+        except CheckpointError as error:
+            raise UserError(_hub_advice(key, error), title=title) from None
+        _check_files(key, directory)
+        progress(0.6, "loading the weights")
+        with self._lock:
+            if key not in self._added:
+                self._added.append(key)
+        try:
+            self.get(key)
+        except (CheckpointError, ValueError) as error:
+            with self._lock:
+                self._added.remove(key)
+            raise UserError(str(error), title=title) from None
+        progress(1.0, "loaded")
+        return key
+
 
 def _first(mapping: dict[str, Any], *names: str) -> Any:
     return next((mapping[name] for name in names if mapping.get(name) not in (None, "")), None)
+
+
+HUB_KEY = re.compile(r"^hf://[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?$")
+MAX_WEIGHTS_BYTES = int(float(os.environ.get("SPML_MAX_CHECKPOINT_MB", "2048")) * (1 << 20))
+MAX_CONFIG_BYTES = 16 << 20
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+
+
+def _check_hub_sizes(key: str) -> None:
+    """Online only: refuse before downloading a repository whose weights exceed the size limit."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # offline, the cache is all there is: the files are checked once resolved
+    from huggingface_hub import HfApi
+
+    repo, _, revision = key[len("hf://"):].partition("@")
+    try:
+        info = HfApi().model_info(repo, revision=revision or None, files_metadata=True)
+    except Exception as error:  # noqa: BLE001 - the Hub's errors are many; the advice below names them
+        raise UserError(_hub_advice(key, error), title="Cannot load this checkpoint") from None
+    sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
+    if sizes.get(WEIGHTS_NAME, 0) > MAX_WEIGHTS_BYTES:
+        raise UserError(f"{key}: {WEIGHTS_NAME} is {sizes[WEIGHTS_NAME] / (1 << 20):.0f} MB, over this server's "
+                        f"limit of {MAX_WEIGHTS_BYTES / (1 << 20):.0f} MB (SPML_MAX_CHECKPOINT_MB).",
+                        title="Checkpoint too large")
+
+
+def _hub_advice(key: str, error: BaseException) -> str:
+    """A clear message for a checkpoint that could not be fetched, after the Hub's error type."""
+    cause = error.__cause__ or error
+    kind = type(cause).__name__
+    if kind in ("RepositoryNotFoundError", "GatedRepoError") or "401" in str(cause):
+        return (f"{key}: no such repository on the Hugging Face Hub, or it is private or gated and this server has "
+                "no access to it. Check the name, or make the repository public.")
+    if kind == "RevisionNotFoundError":
+        return f"{key}: the repository has no such revision (branch, tag or commit)."
+    if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or "offline" in str(cause).lower():
+        return (f"{key}: not in this server's Hub cache, and the server is offline (HF_HUB_OFFLINE=1) or cannot "
+                "reach the Hub.")
+    return str(error)
+
+
+def _check_files(key: str, directory: Path) -> None:
+    """safetensors + config.json only, within the size limits; a clear message for a missing file."""
+    title = "Cannot load this checkpoint"
+    for name, limit in ((CONFIG_NAME, MAX_CONFIG_BYTES), (WEIGHTS_NAME, MAX_WEIGHTS_BYTES)):
+        path = directory / name
+        if not path.is_file():
+            pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            hint = f" ({', '.join(pickled)} there is never unpickled: only safetensors is read)" if pickled else ""
+            raise UserError(f"{key} has no {name}: a checkpoint is {CONFIG_NAME} and {WEIGHTS_NAME}{hint}.",
+                            title=title)
+        if path.stat().st_size > limit:
+            raise UserError(f"{key}: {name} is {path.stat().st_size / (1 << 20):.0f} MB, over this server's limit "
+                            f"of {limit / (1 << 20):.0f} MB.", title=title)
+    try:
+        arch = read_config(directory).get("architecture", {}).get("arch")
+    except CheckpointError as error:
+        raise UserError(str(error).replace(str(directory), key), title=title) from None
+    if arch not in ARCHITECTURES:
+        raise UserError(f"{key}: unknown architecture {arch!r}; this app runs {', '.join(sorted(ARCHITECTURES))}.",
+                        title=title)
 
 
 def class_list(classes: list[str], limit: int = 40) -> str:

@@ -43,6 +43,7 @@ IMAGE_HEIGHT = 320
 # Output images fill their frame (less its label), so a 128 px scene is shown large, its pixels sharp.
 CSS = f"""
 .spml-summary p {{ margin: 0.2em 0; }}
+#world-notice:not(:empty) {{ border-left: 4px solid #d97706; background: #fffbeb; padding: 0.4em 0.8em; }}
 .spml-fit img {{ width: 100%; height: {IMAGE_HEIGHT - 56}px !important; object-fit: contain;
                  image-rendering: pixelated; }}
 """

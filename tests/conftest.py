@@ -176,16 +176,30 @@ def _one_torch_thread() -> Iterator[None]:
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
+@pytest.fixture(scope="session")
+def calibrated_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The app's fixture checkpoint with the image statistics of a small synthetic world (64 px scenes)."""
+    from spml.checkpoint import load_model
+    from spml.familiarity import calibrate_checkpoint
+
+    folder = tmp_path_factory.mktemp("calibrated")
+    data = make_synthetic_dataset(folder / "world", train=100, val=0, test=0, image_size=64, progress=False)
+    checkpoint = make_app_checkpoint(folder / "checkpoint")
+    calibrate_checkpoint(checkpoint, load_model(checkpoint), data, "train", progress=False, log=lambda _: None)
+    return checkpoint
+
+
 @pytest.fixture
-def offline_hub_checkpoint(app_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The fixture checkpoint in a hand-built Hub cache as owner/shapes (ref main), the Hub offline; its key."""
+def offline_hub_checkpoint(calibrated_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The calibrated fixture checkpoint in a hand-built Hub cache as owner/shapes (ref main), the Hub
+    offline; returns its key."""
     import huggingface_hub.constants as hub_constants
 
     cache = tmp_path / "hub"
     snapshot = cache / "models--owner--shapes" / "snapshots" / HUB_COMMIT
     snapshot.mkdir(parents=True)
     for name in ("config.json", "model.safetensors"):
-        (snapshot / name).write_bytes((app_checkpoint / name).read_bytes())
+        (snapshot / name).write_bytes((calibrated_checkpoint / name).read_bytes())
     (cache / "models--owner--shapes" / "refs").mkdir()
     (cache / "models--owner--shapes" / "refs" / "main").write_text(HUB_COMMIT)
     # huggingface_hub reads its environment at import time: point the already-imported constants here.

@@ -195,6 +195,7 @@ def _fingerprint(model: LoadedModel, split: Split, batch_size: int, world: int) 
                               SCORE_VERSION], sort_keys=True, default=str).encode())
     stat = split.source.stat()
     digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(split.observed.tobytes())  # the same file read with or without --single-positive differs
     for name, tensor in model.network.state_dict().items():
         # A strided sample of every tensor tells two checkpoints apart without hashing hundreds of MB.
         flat = tensor.detach().reshape(-1)
@@ -284,7 +285,7 @@ def _batch_rows(names: list[str], images: list[str], lines: list[int], observed:
     count = 0
     for row, (image, line) in enumerate(zip(images, lines, strict=True)):
         positive_index = np.flatnonzero(observed[row] == 1)
-        positive = names[positive_index[0]] if positive_index.size else ""
+        positive = ";".join(names[i] for i in positive_index)  # every annotated positive, ';'-joined
         for c in np.flatnonzero(observed[row] == 0):
             writer.writerow([
                 image, names[c], _number(values["score"][row, c]), int(values["rejected"][row, c]),
@@ -485,6 +486,7 @@ def audit_dataset(
     resume: bool = True,
     progress: Callable[[int, int], None] | None = None,
     show_progress_bar: bool = True,
+    single_positive: bool = False,
 ) -> AuditReport:
     """Audit ``split`` of the data set folder ``dataset`` with ``model``; write the report CSV ``out``
     (sorted by score, the ``top`` best rows or all) and its summary beside it (``out`` with .json).
@@ -503,7 +505,7 @@ def audit_dataset(
     if json_path == out:
         raise ValueError(f"the report {out} must not be a .json file: its summary goes to {json_path}")
     started = time.perf_counter()
-    data = load_dataset(dataset, skip_bad=True)
+    data = load_dataset(dataset, skip_bad=True, single_positive=single_positive)
     part = data.split(split)
     if sorted(data.classes) != sorted(model.classes):
         raise ValueError(f"the data set's classes {data.classes} are not the model's {model.classes}")

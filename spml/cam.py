@@ -71,13 +71,30 @@ def cam_masks(
 
 def positive_masks(network: SPMLModel, output: ModelOutput, observed: Tensor, size: tuple[int, int], threshold: float,
                    mode: CamNorm = "image") -> Tensor:
-    """Boolean (B, H, W) masks of each image's observed positive (``observed == 1``) from the maps of
+    """Boolean (B, H, W) masks of each image's observed positives (``observed == 1``) from the maps of
     ``output``, the network's forward pass on those images (no second backbone pass); all ones for an
-    image without an observed positive. The trainer and the audit both mask through here."""
+    image without an observed positive. The trainer and the audit both mask through here.
+
+    With several positives the mask is the union of their regions: each positive's map is normalised
+    and thresholded on its own, then the masks are OR-ed. Pass j handles every image's j-th positive
+    (in class order); the first pass is the single-positive computation unchanged, and the reference
+    mode's batch statistics of pass j come from the images that have a j-th positive only.
+    """
     is_positive = observed == 1
+    has_positive = is_positive.any(dim=1)
     positive_class = is_positive.to(torch.uint8).argmax(dim=1)  # any index where there is none: unused
     cams = network.class_maps(output, positive_class)
-    return cam_masks(cams.float(), size, threshold, mode, is_positive.any(dim=1))
+    masks = cam_masks(cams.float(), size, threshold, mode, has_positive)
+    counts = is_positive.sum(dim=1)
+    passes = int(counts.max()) if counts.numel() else 0
+    if passes > 1:
+        # A stable descending sort puts each row's positives first, in class order (argmax's first one first).
+        order = is_positive.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices
+        for j in range(1, passes):
+            rows = counts > j
+            extra = cam_masks(network.class_maps(output, order[:, j]).float(), size, threshold, mode, rows)
+            masks[rows] |= extra[rows]
+    return masks
 
 
 def apply_masks(images: Tensor, masks: Tensor) -> Tensor:

@@ -138,7 +138,7 @@ def statistics_of(model: LoadedModel) -> ImageStatistics | None:
 
 def split_descriptors(data: str | Path, split: str, progress: bool = True) -> np.ndarray:
     """(N, D) descriptors of every image of ``split`` of the data set at ``data``."""
-    images = load_dataset(data).split(split).images
+    images = load_dataset(data, skip_bad=True).split(split).images  # as training read it with --skip-bad
     return np.stack([describe(load_image(path)) for path in tqdm(images, desc=f"describing {split}",
                                                                    unit="image", disable=not progress)])
 

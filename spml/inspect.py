@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,9 +17,11 @@ from spml.cam import (
     mask_box,
     masked_display,
     normalize_cams,
+    positive_masks,
     upsample_maps,
 )
 from spml.checkpoint import LoadedModel
+from spml.data.generic import split_names
 from spml.data.images import ImageSource, load_image
 from spml.data.transforms import eval_transform
 from spml.familiarity import statistics_of
@@ -35,9 +38,10 @@ class AnalysisResult:
     logits: dict[str, float]
     masked_logits: dict[str, float]
     gaps: dict[str, float]
-    positive: str  # the (first) class whose CAM is used
+    positive: str  # the first of ``positives``
     positive_given: bool  # False: the top prediction was used
-    cam: np.ndarray  # (H, W) float32 in [0, 1]; with several positives, the pixelwise maximum of their CAMs
+    positives: list[str]  # the annotated positives whose CAM regions make the mask (one: the top prediction)
+    cam: np.ndarray  # (H, W) float32 in [0, 1]; with several positives the maximum of their maps
     mask: np.ndarray  # (H, W) bool, cam > cam_threshold: the union of the positives' regions
     box: tuple[int, int, int, int] | None  # (left, top, right, bottom) of the mask
     crop: np.ndarray  # the image inside the box
@@ -49,16 +53,15 @@ class AnalysisResult:
     gap_threshold: float | None  # None: the checkpoint holds no running thresholds
     class_average: dict[str, float] | None
     # False: the image does not look like the checkpoint's training world; None: the checkpoint holds no
-    # feature statistics to tell (``python -m spml calibrate``). See spml.familiarity.
+    # statistics to tell (``python -m spml calibrate``). See spml.familiarity.
     in_distribution: bool | None = None
-    familiarity_distance: float | None = None  # the image's distance to the training features
+    familiarity_distance: float | None = None  # the image's distance to the training images' statistics
     familiarity_threshold: float | None = None
-    positives: list[str] = field(default_factory=list)  # every annotated positive (the top prediction if none)
     # Every class's normalised CAM at the network's map resolution (C, h, w), from the same forward pass.
     class_maps: np.ndarray | None = None
 
     def table(self) -> list[dict[str, object]]:
-        """One row per class other than the positive: rejected ones first, then by probability."""
+        """One row per class other than the positives: rejected ones first, then by probability."""
         rows = []
         for name in self.classes:
             if name in self.positives:
@@ -76,34 +79,36 @@ class AnalysisResult:
         return sorted(rows, key=lambda row: (not row["rejected"], -row["probability"]))
 
 
-def _resolve_positives(model: LoadedModel, positive: str | list[str] | tuple[str, ...] | None,
+def _resolve_positives(model: LoadedModel, positive: str | Sequence[str] | None,
                        logits: torch.Tensor) -> tuple[list[int], bool]:
-    """The annotated positives' indices (a list, or names joined by ``;``), each once, in the order given;
-    the top prediction when none is given."""
-    names = positive.split(";") if isinstance(positive, str) else list(positive or [])
-    indices: list[int] = []
-    for name in (str(name).strip() for name in names):
-        if name and model.class_index(name) not in indices:
-            indices.append(model.class_index(name))
-    if not indices:
+    """The class indices of the given positives (a name, names joined by ';', or a list), or of the top
+    prediction when none is given; and whether they were given."""
+    if positive is None:
+        names: list[str] = []
+    elif isinstance(positive, str):
+        names = split_names(positive)
+    else:
+        names = list(dict.fromkeys(str(name).strip() for name in positive if str(name).strip()))
+    if not names:
         return [int(logits.argmax())], False
-    return indices, True
+    return [model.class_index(name) for name in names], True
 
 
 @torch.inference_mode()
 def analyze(
     model: LoadedModel,
     image: ImageSource | Image.Image | np.ndarray,
-    positive: str | list[str] | tuple[str, ...] | None = None,
+    positive: str | Sequence[str] | None = None,
     cam_threshold: float | None = None,
     cam_norm: str | None = None,
 ) -> AnalysisResult:
-    """Run the checkpoint on one image the way training would treat it with ``positive`` annotated.
+    """Run the checkpoint on one image the way training would treat it with ``positive`` annotated:
+    one class name, several (a list, or names joined by ';'), or None / "" for the top prediction.
+    With several positives the mask is the union of their CAM regions, as in training.
 
-    One forward pass gives the logits and every class's CAM; a second one, on the masked image, gives
-    the masked logits. Several annotated positives (a list, or names joined by ``;``) mask to the union
-    of their regions. Each map is normalised on its own: a batch of one image has no batch statistics,
-    so the ``reference`` normalisation falls back to per-image min-max here (see ``spml.cam.normalize_cams``).
+    One forward pass gives the logits and the CAM; a second one, on the masked image, gives the
+    masked logits. A batch of one has no batch statistics, so the ``reference`` normalisation falls
+    back to per-image min-max here (see ``spml.cam.normalize_cams``).
     """
     threshold = model.cam_threshold if cam_threshold is None else float(cam_threshold)
     norm = model.cam_norm if cam_norm is None else cam_norm
@@ -118,18 +123,18 @@ def analyze(
 
     output = network(inputs)
     logits = output.logits[0].float()
-    statistics = statistics_of(model)
-    familiar, distance = (None, None) if statistics is None else statistics.in_distribution(picture)
     positive_indices, given = _resolve_positives(model, positive, logits)
-    # Every class's map from the one forward pass (C, h, w), each normalised on its own: the positives'
-    # give the mask, all of them the app's gallery.
-    maps = normalize_cams(network.class_maps(output)[0].float(), "image" if norm == "reference" else norm)
-    cams = maps[positive_indices]  # (k, h, w): each positive's map, upsampled on its own before the union
-    network_mask = (upsample_maps(cams, tuple(inputs.shape[-2:])) > threshold).any(dim=0, keepdim=True)
-    masked_logits = network(apply_masks(inputs, network_mask)).logits[0].float()
-
     observed = torch.zeros_like(logits, dtype=torch.int8)
     observed[positive_indices] = 1
+    # The mask through the function training and the audit use; the maps again below, for display.
+    network_mask = positive_masks(network, output, observed[None], tuple(inputs.shape[-2:]), threshold, norm)
+    masked_logits = network(apply_masks(inputs, network_mask)).logits[0].float()
+    # Every class's map (C, h, w), each normalised on its own (a batch of one: ``reference`` is per image):
+    # the positives' for display, all of them for the app's gallery.
+    maps = normalize_cams(network.class_maps(output)[0].float(), "image" if norm == "reference" else norm)
+    cams = maps[positive_indices]
+    statistics = statistics_of(model)
+    familiar, distance = (None, None) if statistics is None else statistics.in_distribution(picture)
     gaps = logit_gap(logits, masked_logits)
     if model.thresholds is not None:
         rejected_flags = rejection_mask(logits[None], masked_logits[None], observed[None],
@@ -141,6 +146,7 @@ def analyze(
         rejected_indices, gap_threshold, class_average = [], None, None
 
     height, width = rgb.shape[:2]
+    # Each map thresholded on its own, then OR-ed, is the maximum of the maps thresholded once.
     cam = upsample_maps(cams, (height, width)).amax(dim=0).clamp(0, 1).cpu().numpy().astype(np.float32)
     mask = cam > threshold
     box = mask_box(mask)
@@ -155,6 +161,7 @@ def analyze(
         gaps=dict(zip(names, gaps.cpu().tolist(), strict=True)),
         positive=names[positive_indices[0]],
         positive_given=given,
+        positives=[names[i] for i in positive_indices],
         cam=cam,
         mask=mask,
         box=box,
@@ -169,6 +176,5 @@ def analyze(
         in_distribution=familiar,
         familiarity_distance=distance,
         familiarity_threshold=None if statistics is None else statistics.threshold,
-        positives=[names[i] for i in positive_indices],
         class_maps=maps.cpu().numpy(),
     )

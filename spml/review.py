@@ -35,7 +35,7 @@ from typing import IO, Any
 from PIL import Image
 
 from spml.checkpoint import LoadedModel
-from spml.data.generic import CLASSES_FILE, SEPARATOR, load_dataset, read_classes, split_names
+from spml.data.generic import CLASSES_FILE, SEPARATOR, read_classes, split_names
 from spml.inspect import analyze
 from spml.runtime import atomic_write_text
 
@@ -139,19 +139,6 @@ def record_decision(report: str | Path, image: str, class_name: str, decision: s
     return load_decisions(report)
 
 
-def _positives_by_line(dataset_root: Path, csv_path: Path) -> dict[int, str]:
-    """The annotated positive of each valid line of ``csv_path``, as the data set reader draws it."""
-    data = load_dataset(dataset_root, skip_bad=True)
-    positives: dict[int, str] = {}
-    for split in data.splits.values():
-        if split.source != csv_path.resolve():
-            continue
-        for row, line in enumerate(split.rows):
-            index = [c for c, value in enumerate(split.observed[row]) if value == 1]
-            positives[line] = data.classes[index[0]] if index else ""
-    return positives
-
-
 def export_corrected_dataset(
     dataset_root: str | Path,
     split_csv_name: str,
@@ -163,9 +150,9 @@ def export_corrected_dataset(
     where missing). A dismissed class leaves ``labels`` and a confirmed one leaves ``negatives``: the
     reviewer's word wins over the file. Every other column, row and value stays as it was.
 
-    Where the file has no ``positive`` column and a row's labels change, the column is added with
-    every row's current positive: otherwise the protocol would draw the single positives anew from
-    the changed labels. Returns counts and the decisions that could not be applied, with reasons.
+    The annotated positives (the ``positive`` column, or every label of a file without one) cannot be
+    dismissed. In a file without a ``positive`` column a confirmed class becomes annotated like the
+    others. Returns counts and the decisions that could not be applied, with reasons.
     """
     root = Path(dataset_root)
     if PurePosixPath(split_csv_name).name != split_csv_name or not split_csv_name.endswith(".csv"):
@@ -183,11 +170,7 @@ def export_corrected_dataset(
     positive_col = columns.index("positive") if "positive" in columns else None
     negatives_col = columns.index("negatives") if "negatives" in columns else None
     wanted = {str(PurePosixPath(image)): by_class for image, by_class in decisions.items()}
-    # Without a positive column the positives are the protocol's draw: needed to protect them, and
-    # to pin them where labels change.
-    drawn = _positives_by_line(root, source) if positive_col is None and wanted else {}
     applied, problems, matched = {"confirm": 0, "dismiss": 0}, [], set()
-    changed_labels = False
     negatives: dict[int, list[str]] = {}  # the new negatives of the rows whose negatives changed
     for line, record in records:
         if len(record) != len(header) or not record[image_col].strip():
@@ -199,11 +182,12 @@ def export_corrected_dataset(
         labels = split_names(record[labels_col])
         absent = split_names(record[negatives_col]) if negatives_col is not None else []
         new_labels, new_absent = list(labels), list(absent)
-        positive = record[positive_col].strip() if positive_col is not None else drawn.get(line, "")
+        # Without a positive column every label is annotated (the data set as its annotators left it).
+        positives = split_names(record[positive_col]) if positive_col is not None else labels
         for name, decision in wanted[image].items():
             if name not in classes:
                 problems.append(f"{image}: unknown class {name!r}")
-            elif decision == "dismiss" and name == positive:
+            elif decision == "dismiss" and name in positives:
                 problems.append(f"{image}: {name!r} is the annotated positive and cannot be dismissed")
             elif decision == "confirm":
                 new_labels += [] if name in new_labels else [name]
@@ -217,14 +201,12 @@ def export_corrected_dataset(
                 problems.append(f"{image}: unknown decision {decision!r} for {name!r}")
         if new_labels != labels:  # rewritten only where changed: every other cell keeps its text
             record[labels_col] = SEPARATOR.join(new_labels)
-            changed_labels = True
         if new_absent != absent:
             negatives[line] = new_absent
     problems += [f"{image}: not in {split_csv_name}" for image in sorted(set(wanted) - matched)]
 
-    add_positive = positive_col is None and changed_labels
     add_negatives = negatives_col is None and any(negatives.values())
-    out_header = header + (["positive"] if add_positive else []) + (["negatives"] if add_negatives else [])
+    out_header = header + (["negatives"] if add_negatives else [])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(out_header)
@@ -232,14 +214,12 @@ def export_corrected_dataset(
         well_formed = len(record) == len(header)
         if well_formed and line in negatives and negatives_col is not None:
             record[negatives_col] = SEPARATOR.join(negatives[line])
-        if well_formed and add_positive:
-            record = [*record, drawn.get(line, "")]
         if well_formed and add_negatives:
             record = [*record, SEPARATOR.join(negatives.get(line, []))]
         writer.writerow(record)
     out = atomic_write_text(out_csv, buffer.getvalue())
     return {"out": str(out), "rows": len(records), "confirmed": applied["confirm"], "dismissed": applied["dismiss"],
-            "positive_column_added": add_positive, "problems": problems}
+            "problems": problems}
 
 
 def _entry_parts(name: str) -> list[str]:

@@ -314,8 +314,8 @@ def test_bad_rows_and_unreadable_images_are_reported_and_skipped(world, model, t
     shutil.copytree(world, broken)
     (broken / "images" / "test" / "000003.png").write_bytes(b"not a png at all")
     with (broken / "test.csv").open("a") as handle:
-        handle.write("images/test/missing.png,circle\n")
-        handle.write("images/test/000000.png,unicorn\n")
+        handle.write("images/test/missing.png,circle,circle\n")  # header: image,labels,positive
+        handle.write("images/test/000000.png,unicorn,\n")
     report = audit_dataset(model, broken, "test", tmp_path / "audit.csv", batch_size=5, show_progress_bar=False)
     assert report.skipped == 3 and report.images == 11
     messages = "\n".join(report.skipped_messages)

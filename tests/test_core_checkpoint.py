@@ -291,6 +291,23 @@ def test_analyze_positive_given_or_top_prediction(tmp_path, image):
     assert analyze(model, image, positive="traffic light").positive == "traffic light"  # names with spaces
 
 
+def test_analyze_with_several_positives_masks_their_union(tmp_path, image):
+    model = _saved(tmp_path, cam_threshold=0.5)
+    both = analyze(model, image, positive="dog;traffic light")
+    assert both.positive == "dog" and both.positives == ["dog", "traffic light"] and both.positive_given
+    assert analyze(model, image, positive=["dog", "traffic light"]).positives == both.positives
+    maps = [_expected_cam(model, image, CLASSES.index(name)) for name in ("dog", "traffic light")]
+    assert np.allclose(both.cam, np.maximum(*maps), atol=1e-5)
+    assert np.array_equal(both.mask, both.cam > 0.5)
+    one = analyze(model, image, positive="dog")
+    assert (both.mask | one.mask).sum() == both.mask.sum() and both.mask.sum() >= one.mask.sum()
+    assert [row["class"] for row in both.table()] == ["cat"]  # every annotated positive is left out
+    assert one.positives == ["dog"]
+    # The masked pass used the union: a larger region than the one positive's, so other masked logits.
+    assert both.mask.sum() > one.mask.sum()
+    assert both.masked_logits != pytest.approx(one.masked_logits)
+
+
 def test_analyze_accepts_a_path_and_a_pil_image(tmp_path, image):
     model = _saved(tmp_path)
     path = tmp_path / "picture.png"

@@ -16,14 +16,18 @@ from spml.losses import (
     LOSS_NAMES,
     an_loss,
     an_ls_loss,
+    assume_negative_matrix,
     calr_loss,
     create_objective,
     epr_loss,
+    frozen_batchnorm_statistics,
     full_label_loss,
+    large_loss_selection,
     role_loss,
     wan_loss,
 )
 from spml.model import create_model
+from spml.rejection import rejection_mask
 
 
 def sig(z: float) -> float:
@@ -262,6 +266,48 @@ def test_ll_k_is_not_inflated_by_rounding():
     assert int(selected.sum()) == 7
 
 
+# ----------------------------------------------------------------------------- several positives per image
+
+# Image 0 now has two observed positives (classes 0 and 1); image 1 one (class 2).
+OBS2 = [[1, 1, -1], [0, 0, 1]]
+
+
+def test_an_and_epr_train_every_observed_positive():
+    close(an_loss(t(Z), t(OBS2, torch.long)), (pos(2.0) + pos(-1.0) + neg(0.5) + neg(0.0) + neg(1.5) + pos(-2.0)) / 6)
+    k = 1.5
+    terms = (pos(2.0) + pos(-1.0) + neg(0.5) + pos(-2.0)) / 6  # Cole et al.: every observed positive
+    row_sums = [sig(2.0) + sig(-1.0) + sig(0.5), sig(0.0) + sig(1.5) + sig(-2.0)]
+    close(epr_loss(t(Z), t(OBS2, torch.long), k), terms + ((sum(row_sums) / 2 - k) ** 2 / 9))
+
+
+def test_role_loss_by_hand_with_two_positives():
+    k = 1.5
+    total = 0.0
+    for i in range(2):
+        for c in range(3):
+            p, e = sig(Z[i][c]), sig(U[i][c])
+            positive = 1.0 if OBS2[i][c] == 1 else 0.0
+            f_half = positive * -math.log(p) + e * -math.log(p) + (1 - e) * -math.log(1 - p)
+            g_half = positive * -math.log(e) + p * -math.log(e) + (1 - p) * -math.log(1 - e)
+            total += 0.5 * (f_half + g_half)
+    p_sums = [sum(sig(z) for z in row) for row in Z]
+    e_sums = [sum(sig(u) for u in row) for row in U]
+    penalty = 0.5 * ((sum(p_sums) / 2 - k) ** 2 / 9 + (sum(e_sums) / 2 - k) ** 2 / 9)
+    close(role_loss(t(Z), t(U), t(OBS2, torch.long), k), total / 6 + penalty)
+
+
+def test_large_loss_never_selects_an_observed_positive():
+    # Every unknown entry is a candidate; the two positives of image 0 never are (k larger than needed).
+    selected = large_loss_selection(assume_negative_matrix(t(Z), t(OBS2, torch.long)), t(OBS2, torch.long), 1.0)
+    assert selected.tolist() == [[False, False, False], [True, True, False]]
+
+
+def test_calr_spbc_averages_over_every_observed_positive():
+    _, parts = calr_loss(t(Z), t(ZS), t(OBS2, torch.long), torch.zeros(2, 3, dtype=torch.bool))
+    close(parts["spbc"], (pos(2.0) + pos(-1.0) + pos(-2.0)) / 3)  # three positives, not two images
+    close(parts["ran"], (pos(1.0) + pos(0.5) + neg(-0.5) + neg(0.2) + neg(2.0) + pos(-1.0)) / 6)
+
+
 # ----------------------------------------------------------------------------- CALR loss
 
 ZS = [[1.0, 0.5, -0.5], [0.2, 2.0, -1.0]]  # strong-view logits
@@ -443,6 +489,65 @@ def test_calr_warmup_option_and_thresholds_that_reject_nothing():
     assert torch.equal(objective.step(model, batch, epoch=1).rejected, batch["observed"] == 0)
     objective.set_extra_state(_state(1e6, 1e6))
     assert not objective.step(model, batch, epoch=1).rejected.any()
+
+
+def _single_positive_step(model, batch, objective):
+    """The CALR step as it was written for one positive per image, spelled out: the positive's CAM,
+    one mask, the masked pass, the thresholds, the rule, the loss. The step must match it bit for bit."""
+    images, observed = batch["image"], batch["observed"]
+    output = model(images)
+    strong_logits = model(batch["strong"]).logits
+    logits = output.logits
+    with torch.no_grad():
+        is_positive = observed == 1
+        cams = model.class_maps(output, is_positive.to(torch.uint8).argmax(dim=1))
+        masks = cam_masks(cams.float(), tuple(images.shape[-2:]), objective.cam_threshold, objective.cam_norm,
+                          is_positive.any(dim=1))
+        with frozen_batchnorm_statistics(model):
+            masked = model(apply_masks(images, masks)).logits
+    detached = logits.detach()
+    objective.thresholds.update(detached, masked, observed)
+    rejected = rejection_mask(detached, masked, observed, objective.thresholds.gap_threshold_tensor,
+                              objective.thresholds.class_average)
+    return calr_loss(logits, strong_logits, observed, rejected, objective.weights), rejected
+
+
+@pytest.mark.parametrize("norm", ["image", "reference"])
+def test_calr_step_with_one_positive_per_image_is_bit_identical_to_the_single_positive_computation(norm):
+    model, batch = _tiny_model(seed=7), _batch(seed=8)
+    twin = copy.deepcopy(model)
+    objective = CALR(NUM_CLASSES, warmup_epochs=0, cam_norm=norm)
+    direct = CALR(NUM_CLASSES, warmup_epochs=0, cam_norm=norm)
+    # Thresholds inside the batch's range, so that some unknown entries are rejected and some kept.
+    for calr in (objective, direct):
+        calr.set_extra_state(_state(0.05, 0.0))
+    result = objective.step(model, batch, epoch=1)
+    (loss, parts), rejected = _single_positive_step(twin, batch, direct)
+    assert torch.equal(result.loss, loss)
+    assert all(torch.equal(result.parts[name], parts[name]) for name in parts)
+    assert torch.equal(result.rejected, rejected)
+    assert result.rejected.any() and (~result.rejected & (batch["observed"] == 0)).any()
+    assert objective.get_extra_state() == direct.get_extra_state()
+
+
+def test_calr_step_masks_to_the_union_of_the_observed_positives():
+    model, batch = _tiny_model(), _batch()
+    batch["observed"] = torch.tensor([[1, 0, 1], [0, 1, -1], [0, 0, 0], [1, 1, 1]])
+    recorder = _Recorder(model)
+    objective = CALR(NUM_CLASSES, cam_threshold=0.5)
+    objective.step(model, batch, epoch=1)
+    weak, masked = recorder.calls[0]["input"], recorder.calls[2]["input"]
+    output = recorder.calls[0]["output"]
+    with torch.no_grad():
+        one = [cam_masks(model.class_maps(output, torch.full((4,), c)), (32, 32), 0.5) for c in range(3)]
+    union = torch.stack([one[0][0] | one[2][0], one[1][1], torch.ones(32, 32, dtype=torch.bool),
+                         one[0][3] | one[1][3] | one[2][3]])
+    assert not torch.equal(union[0], one[0][0])  # the second positive really adds a region
+    assert torch.equal(masked, apply_masks(weak, union))
+    z, zm = output.logits.detach(), recorder.calls[2]["output"].logits
+    positives = [(0, 0), (0, 2), (1, 1), (3, 0), (3, 1), (3, 2)]
+    batch_gap = sum(abs(float(z[i, c] - zm[i, c])) for i, c in positives) / len(positives)
+    assert objective.thresholds.gap_threshold == pytest.approx(0.001 * batch_gap, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- optimisation

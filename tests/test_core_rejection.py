@@ -175,3 +175,12 @@ def test_running_thresholds_refuse_bad_input():
     state = RunningThresholds(3).state_dict()
     with pytest.raises(ValueError, match="3 classes"):
         RunningThresholds(4).load_state_dict(state)
+
+
+def test_running_thresholds_average_the_gap_over_every_observed_positive():
+    # Image 0 has two observed positives (gaps 7 and 2), image 1 one (gap 3): T_gap's batch value is
+    # (7 + 2 + 3) / 3 = 4, the mean over the three positives, not over images ((4.5 + 3) / 2 = 3.75).
+    observed = t([[1, 1, 0, 0], [0, 1, 0, 0]], torch.long)
+    thresholds = RunningThresholds(4, momentum=0.5).update(t(LOGITS), t(MASKED), observed)
+    assert thresholds.gap_threshold == pytest.approx(0.5 * 4.0)
+    assert thresholds.class_average.tolist() == pytest.approx([0.5 * 1.15, 0.5 * 2.0, 0.5 * 1.25, 0.0])

@@ -45,7 +45,7 @@ def _labels_for(i):
 
 @pytest.fixture
 def full_dataset(tmp_path):
-    """12 training images with full labels, no val.csv, a test.csv of 3: positives come from the protocol."""
+    """12 training images with several labels each, no positive column, no val.csv, a test.csv of 3."""
     root = tmp_path / "ds"
     names = [f"{i:02d}.png" for i in range(15)]
     _images(root, names)
@@ -57,8 +57,20 @@ def full_dataset(tmp_path):
     return root
 
 
-def test_round_trip_and_protocol_positives(full_dataset):
+def test_without_positive_column_every_label_is_observed(full_dataset):
     ds = load_dataset(full_dataset)
+    labels = np.array([[int(c in _labels_for(i)) for c in CLASSES] for i in range(12)], dtype=np.uint8)
+    train_idx, val_idx = protocol_split(12)
+    train, val = ds.split("train"), ds.split("val")
+    np.testing.assert_array_equal(train.observed, labels[train_idx])
+    np.testing.assert_array_equal(val.observed, labels[val_idx])
+    assert train.observed.dtype == np.int8 and train.observed.sum() == labels[train_idx].sum()
+    assert (train.observed.sum(1) > 1).any()  # several observed labels per row
+    assert not train.has_hidden_labels and not ds.split("test").has_hidden_labels
+
+
+def test_round_trip_and_protocol_positives(full_dataset):
+    ds = load_dataset(full_dataset, single_positive=True)
     assert ds.classes == CLASSES and set(ds.splits) == {"train", "val", "test"}
     labels = np.array([[int(c in _labels_for(i)) for c in CLASSES] for i in range(12)], dtype=np.uint8)
     drawn = sample_single_positive(labels)  # over all of train.csv, before the split
@@ -75,6 +87,32 @@ def test_round_trip_and_protocol_positives(full_dataset):
     test = ds.split("test")
     test_labels = np.array([[int(c in _labels_for(i)) for c in CLASSES] for i in range(12, 15)])
     np.testing.assert_array_equal(test.observed, sample_single_positive(test_labels))  # own draw, seed 1200
+
+
+def test_several_positives_in_the_positive_column(tmp_path):
+    root = tmp_path / "ds"
+    _images(root, ["a.png", "b.png", "c.png"])
+    rows = [
+        Row("img/a.png", ["cat", "dog", "dining table"], positive=["cat", "dining table"]),
+        Row("img/b.png", ["cat", "dog"], positive="dog"),
+        Row("img/c.png", ["dog"], positive=[]),
+    ]
+    write_dataset(root, CLASSES, {"train": rows, "val": rows})
+    assert (root / "train.csv").read_text().splitlines() == [
+        "image,labels,positive",
+        "img/a.png,cat;dog;dining table,cat;dining table",
+        "img/b.png,cat;dog,dog",  # one name is written as before: prepared benchmark files do not change
+        "img/c.png,dog,",
+    ]
+    train = load_dataset(root).split("train")
+    np.testing.assert_array_equal(train.observed, [[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(train.labels, [[1, 1, 1, 0], [1, 1, 0, 0], [0, 1, 0, 0]])
+    assert train.has_hidden_labels
+    with pytest.raises(DatasetError, match="train.csv: has a positive column"):
+        load_dataset(root, single_positive=True)
+    with pytest.raises(ValueError, match="positive 'potted, plant' is not among its labels"):
+        bad = Row("img/a.png", ["cat"], positive=["cat", "potted, plant"])
+        write_dataset(tmp_path / "x", CLASSES, {"train": [bad]})
 
 
 def test_names_with_spaces_and_commas_survive_csv_quoting(full_dataset):
@@ -123,6 +161,8 @@ def _bad(tmp_path, header, rows, classes=("cat", "dog")):
         (["image", "labels"], [["img/a.png", "cat"], ["img/missing.png", "dog"]], "missing image file"),
         (["image", "labels"], [["img/a.png", "cat"], ["img/b.png", "cat", "extra"]], "malformed line"),
         (["image", "labels", "positive"], [["img/a.png", "cat"], ["img/b.png", "cat", "dog"]], "not among"),
+        (["image", "labels", "positive"], [["img/a.png", "cat"], ["img/b.png", "cat", "cat;dog"]],
+         "positive 'dog' is not among the row's labels"),
         (["image", "labels", "negatives"], [["img/a.png", "cat", ""], ["img/b.png", "cat", "cat"]], "both"),
     ],
 )

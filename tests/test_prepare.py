@@ -284,6 +284,19 @@ def test_synthetic(tmp_path):
         assert image.size == (32, 32)
 
 
+def test_synthetic_partial(tmp_path, capsys):
+    out = tmp_path / "partial"
+    argv = ["--out", str(out), "--seed", "1", "--train", "12", "--val", "3", "--test", "0", "--image-size", "16",
+            "--partial", "0.6", "--no-progress"]
+    assert _prepare("synthetic", *argv) == 0
+    assert "partial labels kept with p = 0.6" in capsys.readouterr().err
+    train = load_dataset(out).split("train")
+    left_out = (out / "left_out.csv").read_text().splitlines()
+    assert left_out[0] == "image,class"
+    assert len(left_out) - 1 == int(((train.labels == 1) & (train.observed != 1)).sum())
+    assert (train.observed.sum(1) >= 1).all()
+
+
 @pytest.mark.parametrize("source", ["voc", "coco", "nuswide", "cub"])
 def test_root_is_required(source):
     with pytest.raises(SystemExit):

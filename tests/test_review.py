@@ -112,7 +112,7 @@ def test_export_round_trip_then_training_reads_the_negatives(world, tmp_path):
     corrected = tmp_path / "corrected"
     shutil.copytree(world, corrected)
     result = export_corrected_dataset(world, "train.csv", load_decisions(report), corrected / "train.csv")
-    assert result["confirmed"] == 1 and result["dismissed"] == 2 and result["positive_column_added"]
+    assert result["confirmed"] == 1 and result["dismissed"] == 2
     assert len(result["problems"]) == 2 and "is the annotated positive and cannot be dismissed" in result["problems"][0]
     assert result["problems"][1] == "images/train/999999.png: not in train.csv"
     out_rows = list(csv.DictReader((corrected / "train.csv").open()))
@@ -140,6 +140,31 @@ def test_export_round_trip_then_training_reads_the_negatives(world, tmp_path):
     assert code == 0 and (run / "summary.json").is_file()
 
 
+def test_export_of_a_data_set_as_annotated_protects_every_label(world, tmp_path):
+    """Without a positive column every label is annotated: none can be dismissed, and a confirmed class
+    becomes annotated like the others (no positive column is added)."""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "classes.txt").write_text((world / "classes.txt").read_text())
+    (own / "images").symlink_to(world / "images")
+    rows = [r for r in csv.DictReader((world / "train.csv").open())]
+    with (own / "train.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["image", "labels"])
+        writer.writerows([r["image"], r["labels"]] for r in rows)
+    image, labels = rows[0]["image"], rows[0]["labels"].split(";")
+    missing = next(name for name in SYNTHETIC_CLASSES if name not in labels)
+    report = write_report(tmp_path / "audit.csv", [(image, missing, "yes"), (image, labels[-1], "no")])
+    result = export_corrected_dataset(own, "train.csv", load_decisions(report), own / "train.csv")
+    assert result["confirmed"] == 1 and result["dismissed"] == 0
+    assert result["problems"] == [f"{image}: {labels[-1]!r} is the annotated positive and cannot be dismissed"]
+    assert (own / "train.csv").read_text().splitlines()[0] == "image,labels"
+    corrected = load_dataset(own)
+    split_name, row = index_of(corrected, own / image)
+    observed = corrected.split(split_name).observed[row]
+    assert sorted(SYNTHETIC_CLASSES[c] for c in np.flatnonzero(observed == 1)) == sorted([*labels, missing])
+
+
 def positive_of(dataset, image: Path) -> str:
     split_name, row = index_of(dataset, image)
     return SYNTHETIC_CLASSES[int(np.flatnonzero(dataset.split(split_name).observed[row] == 1)[0])]
@@ -163,7 +188,7 @@ def test_review_export_command_uses_the_store_and_the_csv(world, tmp_path, capsy
     assert "1 dismissed" in capsys.readouterr().out
     written = {r["image"]: r for r in csv.DictReader(out.open())}
     assert written[image]["negatives"] == absent
-    assert "positive" not in written[image]  # labels did not change: the protocol draws the same positives
+    assert written[image]["positive"] == rows[3]["positive"]  # the positives stay as written
 
 
 # --- hostile zips -----------------------------------------------------------------------------

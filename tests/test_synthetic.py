@@ -1,6 +1,7 @@
 """The synthetic world: deterministic, multi-object, labels that match what is drawn."""
 
 import colorsys
+import csv
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def test_make_dataset_and_load(tmp_path):
     )
     for name in ("classes.txt", "train.csv", "val.csv", "test.csv", "images/train/000011.png"):
         assert (out / name).read_bytes() == (again / name).read_bytes()
-    assert "positive" not in (out / "train.csv").read_text().splitlines()[0]
+    assert (out / "train.csv").read_text().splitlines()[0] == "image,labels,positive"
     ds = load_dataset(out)
     assert ds.classes == SYNTHETIC_CLASSES
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [12, 4, 3]
@@ -79,6 +80,66 @@ def test_make_dataset_and_load(tmp_path):
     assert [c for c, v in zip(SYNTHETIC_CLASSES, val.labels[2], strict=True) if v] == labels
     with Image.open(val.images[2]) as stored:
         assert np.asarray(image).tobytes() == np.asarray(stored).tobytes()
+
+
+def _without_positive_column(root, target):
+    """A copy of the data set's CSVs with the positive column removed (images referenced, not copied)."""
+    target.mkdir()
+    (target / "classes.txt").write_text((root / "classes.txt").read_text())
+    (target / "images").symlink_to(root / "images")
+    for name in ("train.csv", "val.csv", "test.csv"):
+        if (root / name).exists():
+            with (root / name).open(newline="") as handle:
+                records = [record[:2] for record in csv.reader(handle)]
+            with (target / name).open("w", newline="") as handle:
+                csv.writer(handle).writerows(records)
+    return target
+
+
+@pytest.mark.parametrize("val", [4, 0])
+def test_positive_column_holds_what_the_loader_drew_before(tmp_path, val):
+    """The synthetic world writes its single positives; they are the protocol's draw over each file, which
+    is what the reader drew when the files had no positive column, so recipes and results do not change."""
+    out = make_synthetic_dataset(tmp_path / "a", seed=7, train=15, val=val, test=3, image_size=16, progress=False)
+    written = load_dataset(out)
+    drawn = load_dataset(_without_positive_column(out, tmp_path / "b"), single_positive=True)
+    for name in written.splits:
+        np.testing.assert_array_equal(written.split(name).observed, drawn.split(name).observed)
+        np.testing.assert_array_equal(written.split(name).labels, drawn.split(name).labels)
+        assert (written.split(name).observed.sum(1) == 1).all()
+    assert not (out / "left_out.csv").exists()
+
+
+def test_partial_world(tmp_path):
+    out = make_synthetic_dataset(tmp_path / "p", seed=2, train=40, val=5, test=4, image_size=16, progress=False,
+                                 partial=0.5)
+    again = make_synthetic_dataset(tmp_path / "q", seed=2, train=40, val=5, test=4, image_size=16, progress=False,
+                                   partial=0.5)
+    assert (out / "train.csv").read_bytes() == (again / "train.csv").read_bytes()
+    assert (out / "left_out.csv").read_bytes() == (again / "left_out.csv").read_bytes()
+    single = make_synthetic_dataset(tmp_path / "s", seed=2, train=40, val=5, test=4, image_size=16, progress=False)
+    ds, full = load_dataset(out), load_dataset(single)
+    train = ds.split("train")
+    np.testing.assert_array_equal(train.labels, full.split("train").labels)  # same scenes, same truth
+    observed_count = train.observed.sum(1)
+    assert (observed_count >= 1).all() and (observed_count > 1).any()  # several annotated, at least one
+    assert ((train.observed == 1) <= (train.labels == 1)).all()
+    hidden = (train.labels == 1) & (train.observed != 1)
+    assert hidden.any() and train.has_hidden_labels
+    with (out / "left_out.csv").open(newline="") as handle:
+        left_out = list(csv.DictReader(handle))
+    relative = [path.relative_to(ds.root).as_posix() for path in train.images]
+    expected = sorted((relative[i], SYNTHETIC_CLASSES[c]) for i, c in zip(*np.nonzero(hidden), strict=True))
+    assert sorted((row["image"], row["class"]) for row in left_out) == expected
+    for name in ("val", "test"):  # full labels, all observed
+        split = ds.split(name)
+        np.testing.assert_array_equal(split.observed, split.labels)
+        assert not split.has_hidden_labels
+    # Each label kept with p = 0.5, at least one per image: about half of the 2.5 labels a scene has.
+    kept = train.observed.sum() / train.labels.sum()
+    assert 0.4 < kept < 0.8
+    make_synthetic_dataset(out, seed=2, train=40, val=5, test=4, image_size=16, progress=False, overwrite=True)
+    assert not (out / "left_out.csv").exists()  # a single-positive world has no left-out list
 
 
 def test_make_dataset_refuses_another_data_set_before_rendering(tmp_path):

@@ -33,6 +33,9 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
     parser.add_argument("--skip-bad", action="store_true", default=None,
                         help="skip bad rows and unreadable images (counted in the log) instead of stopping")
+    parser.add_argument("--single-positive", action="store_true", default=None,
+                        help="draw one positive per row from labels by the protocol (for files without a positive "
+                             "column); by default every class in labels is observed")
     parser.set_defaults(func=_run_fit)
 
 
@@ -42,7 +45,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     overrides = {key: getattr(args, key) for key in (
         "data", "loss", "arch", "out", "epochs", "batch_size", "image_size", "lr", "warmup_epochs", "pretrained",
-        "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad")}
+        "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad", "single_positive")}
     config = load_config(args.config, overrides)
     if config.synthetic is not None and not (Path(config.data) / "classes.txt").is_file():
         from spml.data import make_synthetic_dataset

@@ -44,6 +44,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     max_steps_per_epoch: int | None = None  # for smoke runs and benchmarks
     skip_bad: bool = False
+    single_positive: bool = False  # draw one positive per row from labels by the protocol (files without one)
     log_every: int = 10
     # Make the synthetic world at `data` first when it is missing: {seed, train, val, test, image_size}.
     synthetic: dict[str, Any] | None = None

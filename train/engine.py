@@ -300,7 +300,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 
 
 def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -> dict[str, Any]:
-    dataset = load_dataset(config.data, skip_bad=config.skip_bad)
+    dataset = load_dataset(config.data, skip_bad=config.skip_bad, single_positive=config.single_positive)
     train_split, val_split = dataset.split("train"), dataset.split("val")
     test_split = dataset.splits.get("test")
     for split in (train_split, val_split):

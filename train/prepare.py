@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from spml.data.generic import Row, check_writable, render_dataset, write_dataset
+from spml.data.generic import Row, check_writable, link_images, render_dataset, write_dataset
 from spml.data.protocol import protocol_split, sample_single_positive
 from spml.data.synthetic import make_synthetic_dataset
 
@@ -299,21 +298,6 @@ def protocol_rows(official: Official) -> dict[str, list[Row]]:
     }
 
 
-def _link_images(out: Path, target: Path, overwrite: bool) -> None:
-    link = out / IMAGES_LINK
-    target = target.resolve()
-    if link.is_symlink():
-        if Path(os.readlink(link)) == target:
-            return
-        if not overwrite:
-            raise FileExistsError(f"{link} links to {os.readlink(link)}, not {target} (use --overwrite)")
-        link.unlink()
-    elif link.exists():
-        raise FileExistsError(f"{link} exists and is not a link; move it away (prepare never deletes data)")
-    out.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(target, target_is_directory=True)
-
-
 def prepare_benchmark(
     name: str, root: Path, out: Path, overwrite: bool = False, progress: bool = True
 ) -> Path:
@@ -326,7 +310,7 @@ def prepare_benchmark(
     splits = protocol_rows(official)
     out = Path(out).expanduser()
     check_writable(out, render_dataset(official.classes, splits), overwrite)
-    _link_images(out, official.image_dir, overwrite)
+    link_images(out / IMAGES_LINK, official.image_dir, overwrite)
     write_dataset(out, official.classes, splits, overwrite=overwrite)
     sizes = " / ".join(f"{split} {len(rows)}" for split, rows in splits.items())
     print(f"{name}: wrote {out} ({sizes}; {len(official.classes)} classes)", file=sys.stderr)
@@ -354,6 +338,9 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     synthetic.add_argument("--val", type=int, default=300, help="validation images (default 300)")
     synthetic.add_argument("--test", type=int, default=600, help="test images (default 600)")
     synthetic.add_argument("--image-size", type=int, default=128, help="side in pixels (default 128)")
+    synthetic.add_argument("--partial", type=float, nargs="?", const=0.5, default=None, metavar="P",
+                           help="partial labels: keep each true training label with probability P (default 0.5), "
+                                "at least one per image; the left-out ones go to DATASET/left_out.csv")
     _common(synthetic)
     return parser
 
@@ -371,9 +358,11 @@ def run_prepare(args: argparse.Namespace) -> int:
         if args.source == "synthetic":
             out = make_synthetic_dataset(
                 args.out, seed=args.seed, train=args.train, val=args.val, test=args.test,
-                image_size=args.image_size, progress=progress, overwrite=args.overwrite,
+                image_size=args.image_size, progress=progress, overwrite=args.overwrite, partial=args.partial,
             )  # fmt: skip
             sizes = f"train {args.train} / val {args.val} / test {args.test}"
+            if args.partial is not None:
+                sizes += f", partial labels kept with p = {args.partial}"
             print(f"synthetic: wrote {out} ({sizes})", file=sys.stderr)
         else:
             prepare_benchmark(args.source, args.root, args.out, overwrite=args.overwrite, progress=progress)

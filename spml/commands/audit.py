@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     audit.add_argument("--batch-size", type=int, default=32)
     audit.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     audit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda:LOCAL_RANK if any)")
+    audit.add_argument("--single-positive", action="store_true",
+                       help="draw one annotated positive per row from labels by the protocol (files without a "
+                            "positive column); by default every class in labels is annotated")
     audit.add_argument("--no-resume", action="store_true", help="start over instead of continuing a killed audit")
     audit.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     audit.set_defaults(func=run_audit)
@@ -42,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_audit(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, device=resolve_device(args.device))
     report = audit_dataset(model, args.data, args.split, args.out, batch_size=args.batch_size, top=args.top,
-                           workers=args.workers, resume=not args.no_resume)
+                           workers=args.workers, resume=not args.no_resume, single_positive=args.single_positive)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     summary = report.summary

@@ -13,7 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("predict", help="analyse images with a checkpoint")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--checkpoint", default="checkpoints/demo", help="directory or hf://OWNER/NAME[@REV]")
-    parser.add_argument("--positive", default=None, help="the annotated positive (default: top prediction)")
+    parser.add_argument("--positive", default=None,
+                        help="the annotated positive, or several joined by ';' (default: top prediction)")
     parser.add_argument("--top", type=int, default=5, help="how many labels to print per image")
     parser.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     parser.set_defaults(func=run)

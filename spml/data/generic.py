@@ -1,8 +1,17 @@
 """The generic data set format: ``classes.txt`` plus ``train.csv`` and optional ``val.csv``, ``test.csv``.
 
-Every prepared data set is written in this format and every consumer reads it through
+Every prepared or converted data set is written in this format and every consumer reads it through
 :func:`load_dataset`. A CSV has the columns ``image,labels`` and optionally ``positive`` and
 ``negatives``; class names inside a field are separated by ``;`` and may contain spaces.
+
+What is observed (may be trained on as a positive):
+- a file without a ``positive`` column is the data set as its annotators left it: every class in
+  ``labels`` is observed, and nothing is hidden;
+- a file with a ``positive`` column (prepared benchmarks, simulations) observes the classes in it (one,
+  or several separated by ``;``, or none); ``labels`` is then the full truth, for clean validation and
+  for scoring an audit only;
+- ``single_positive=True`` (``--single-positive``) draws one positive per row from ``labels`` by the
+  protocol instead, over a file's rows in file order, as the single-positive benchmarks do.
 
 Rows with an empty ``labels`` field are accepted (design.md lists them as bad rows, but NUS-WIDE's
 protocol keeps about 22% of its images without any label, so a prepared NUS-WIDE data set needs
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +50,16 @@ class Row:
 
     image: str
     labels: list[str]
-    positive: str | None = None
+    # The observed classes: one name, or several (written joined by ';'); None writes an empty field.
+    positive: str | list[str] | tuple[str, ...] | None = None
     negatives: list[str] | tuple[str, ...] = ()
+
+    @property
+    def positives(self) -> list[str]:
+        """The observed classes as a list (empty for None)."""
+        if self.positive is None:
+            return []
+        return [self.positive] if isinstance(self.positive, str) else list(self.positive)
 
 
 @dataclass
@@ -49,8 +67,9 @@ class Split:
     """One split of a data set, as arrays aligned with ``images``.
 
     ``labels`` (N, C) uint8 holds the ``labels`` column: full labels where the data set knows them.
-    ``observed`` (N, C) int8 is what single-positive training may see: 1 for the annotated positive,
-    -1 for a known negative (``negatives`` column), 0 for unknown.
+    ``observed`` (N, C) int8 is what training may see: 1 for an observed (annotated) positive, -1 for
+    a known negative (``negatives`` column), 0 for unknown. ``has_hidden_labels`` is True when some
+    class of ``labels`` is not observed, i.e. ``labels`` holds truth the annotations do not.
     """
 
     name: str
@@ -120,13 +139,14 @@ def _render_csv(rows: list[Row], known: set[str], with_positive: bool, with_nega
         unknown = [n for n in [*row.labels, *row.negatives] if n not in known]
         if unknown:
             raise ValueError(f"{row.image}: unknown classes {unknown}")
-        if row.positive is not None and row.positive not in row.labels:
-            raise ValueError(f"{row.image}: positive {row.positive!r} is not among its labels")
+        outside = [n for n in row.positives if n not in row.labels]
+        if outside:
+            raise ValueError(f"{row.image}: positive {outside[0]!r} is not among its labels")
         if set(row.labels) & set(row.negatives):
             raise ValueError(f"{row.image}: classes both in labels and negatives")
         record = [row.image, _join(row.labels)]
         if with_positive:
-            record.append(row.positive or "")
+            record.append(_join(row.positives))
         if with_negatives:
             record.append(_join(row.negatives))
         writer.writerow(record)
@@ -142,7 +162,7 @@ def render_dataset(classes: list[str], splits: dict[str, list[Row]]) -> dict[str
     known = set(classes)
     everything = [row for rows in splits.values() for row in rows]
     # Decided over the whole data set: a split whose rows all lack a positive (possible on NUS-WIDE)
-    # must still say so, or loading it would draw positives by the protocol instead.
+    # must still say so, or loading it would take every label of it as observed instead.
     with_positive = any(r.positive is not None for r in everything)
     with_negatives = any(r.negatives for r in everything)
     files = {CLASSES_FILE: "".join(f"{name}\n" for name in classes)}
@@ -189,6 +209,23 @@ def write_dataset(
     return out
 
 
+def link_images(link: Path, target: Path, overwrite: bool = False) -> None:
+    """Make ``link`` a symbolic link to the folder ``target`` (an absolute path): a data set names its
+    images through it and never copies them. An existing link to ``target`` is kept; one to elsewhere
+    is replaced only with ``overwrite``; a real file or folder is never replaced."""
+    target = target.resolve()
+    if link.is_symlink():
+        if Path(os.readlink(link)) == target:
+            return
+        if not overwrite:
+            raise FileExistsError(f"{link} links to {os.readlink(link)}, not {target} (use --overwrite)")
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{link} exists and is not a link; move it away (images are never deleted)")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+
+
 def read_classes(root: Path) -> list[str]:
     """The class names of ``root/classes.txt``, checked (no empty, duplicate or ';' names)."""
     path = root / CLASSES_FILE
@@ -223,7 +260,7 @@ class _Parsed:
     images: list[Path]
     rows: list[int]
     labels: np.ndarray
-    positives: np.ndarray | None  # (N,) class index or -1; None when the file has no positive column
+    positives: np.ndarray | None  # (N, C) uint8, the positive column; None when the file has none
     negatives: np.ndarray
     skipped: list[str]
 
@@ -237,7 +274,7 @@ def _parse_csv(path: Path, root: Path, classes: list[str], skip_bad: bool, check
     images: list[Path] = []
     rows: list[int] = []
     label_rows: list[np.ndarray] = []
-    positives: list[int] = []
+    positive_rows: list[np.ndarray] = []
     negative_rows: list[np.ndarray] = []
     skipped: list[str] = []
     with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -269,7 +306,7 @@ def _parse_csv(path: Path, root: Path, classes: list[str], skip_bad: bool, check
                 images.append(image)
                 rows.append(line)
                 label_rows.append(labels)
-                positives.append(positive)
+                positive_rows.append(positive)
                 negative_rows.append(negatives)
         except csv.Error as error:
             raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV ({error})") from None
@@ -283,7 +320,7 @@ def _parse_csv(path: Path, root: Path, classes: list[str], skip_bad: bool, check
         images=images,
         rows=rows,
         labels=stack(label_rows),
-        positives=np.asarray(positives, dtype=np.int64) if "positive" in col else None,
+        positives=stack(positive_rows) if "positive" in col else None,
         negatives=stack(negative_rows),
         skipped=skipped,
     )
@@ -291,7 +328,7 @@ def _parse_csv(path: Path, root: Path, classes: list[str], skip_bad: bool, check
 
 @dataclass
 class _RowParser:
-    """Turns one CSV record into (image path, label vector, positive index or -1, negatives vector)."""
+    """Turns one CSV record into (image path, label vector, positive vector, negatives vector)."""
 
     num_columns: int
     col: dict[str, int]
@@ -313,7 +350,7 @@ class _RowParser:
         vec[[self.index[n] for n in names]] = 1
         return vec
 
-    def __call__(self, record: list[str]) -> tuple[Path, np.ndarray, int, np.ndarray]:
+    def __call__(self, record: list[str]) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
         if len(record) != self.num_columns:
             raise _BadRow(f"malformed line: {len(record)} fields where the header has {self.num_columns}")
         image_field = record[self.col["image"]].strip()
@@ -322,14 +359,10 @@ class _RowParser:
         if Path(image_field).is_absolute():
             raise _BadRow(f"image path {image_field!r} must be relative to the data set folder")
         labels = self.names(record[self.col["labels"]], "labels")
-        positive = -1
-        if "positive" in self.col:
-            name = record[self.col["positive"]].strip()
-            if name:
-                self.names(name, "positive")
-                if name not in labels:
-                    raise _BadRow(f"positive {name!r} is not among the row's labels")
-                positive = self.index[name]
+        positives = self.names(record[self.col["positive"]], "positive") if "positive" in self.col else []
+        outside = [n for n in positives if n not in labels]
+        if outside:
+            raise _BadRow(f"positive {outside[0]!r} is not among the row's labels")
         negatives = self.names(record[self.col["negatives"]], "negatives") if "negatives" in self.col else []
         both = [n for n in negatives if n in labels]
         if both:
@@ -337,17 +370,21 @@ class _RowParser:
         image = self.root / image_field
         if self.check_images and not image.is_file():
             raise _BadRow(f"missing image file {image_field!r}")
-        return image, self.vector(labels), positive, self.vector(negatives)
+        return image, self.vector(labels), self.vector(positives), self.vector(negatives)
 
 
-def _observed(parsed: _Parsed) -> np.ndarray:
-    """The observed matrix: the file's positives, or the protocol's draw over its rows in file order."""
-    if parsed.positives is None:
+def _observed(parsed: _Parsed, single_positive: bool) -> np.ndarray:
+    """The observed matrix: the file's positive column; without one, every label (the data set as
+    annotated), or with ``single_positive`` the protocol's draw over the rows in file order."""
+    if single_positive:
+        if parsed.positives is not None:
+            raise DatasetError(f"{parsed.source}: has a positive column, so its observed classes are given; "
+                               "--single-positive draws them only for files without one")
         observed = sample_single_positive(parsed.labels).astype(np.int8)
+    elif parsed.positives is None:
+        observed = parsed.labels.astype(np.int8)
     else:
-        observed = np.zeros(parsed.labels.shape, dtype=np.int8)
-        has = parsed.positives >= 0
-        observed[np.flatnonzero(has), parsed.positives[has]] = 1
+        observed = parsed.positives.astype(np.int8)
     observed[parsed.negatives.astype(bool)] = -1
     return observed
 
@@ -371,12 +408,16 @@ def _make_split(
     )
 
 
-def load_dataset(root: str | Path, *, skip_bad: bool = False, check_images: bool = True) -> Dataset:
+def load_dataset(
+    root: str | Path, *, skip_bad: bool = False, check_images: bool = True, single_positive: bool = False
+) -> Dataset:
     """Read a data set folder in the generic format.
 
-    Single positives come from the ``positive`` column where a file has it; otherwise they are drawn
-    by the protocol (:func:`sample_single_positive`, seed 1200) over the file's valid rows in file
-    order. Without ``val.csv``, train.csv is split 80/20 by :func:`protocol_split` after the draw, as
+    Observed positives come from the ``positive`` column where a file has it; otherwise every class
+    in ``labels`` is observed. With ``single_positive`` a file without a ``positive`` column gets one
+    positive per row drawn by the protocol (:func:`sample_single_positive`, seed 1200) over its valid
+    rows in file order instead (a file with the column is an error then: its positives are given).
+    Without ``val.csv``, train.csv is split 80/20 by :func:`protocol_split` after the draw, as
     the protocol does with an official training set. ``check_images`` checks that each image file
     exists (cheap); it does not decode it. With ``skip_bad`` bad rows are left out and listed in
     ``Split.skipped`` (the rows skipped from train.csv are listed on the train split).
@@ -393,7 +434,7 @@ def load_dataset(root: str | Path, *, skip_bad: bool = False, check_images: bool
         if not path.is_file():
             continue
         parsed = _parse_csv(path, root, classes, skip_bad, check_images)
-        observed = _observed(parsed)  # drawn over the whole file, before any split
+        observed = _observed(parsed, single_positive)  # drawn over the whole file, before any split
         if name == "train" and not (root / "val.csv").is_file():
             train_idx, val_idx = protocol_split(len(parsed.images))
             splits["train"] = _make_split("train", parsed, observed, classes, train_idx, parsed.skipped)

@@ -25,8 +25,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from spml.data.generic import Row, check_writable, render_dataset, write_dataset
+from spml.data.protocol import sample_single_positive
+from spml.runtime import atomic_write_text
 
 Box = tuple[int, int, int, int]
+
+LEFT_OUT_FILE = "left_out.csv"  # a partial world's left-out training labels (image,class), for scoring only
 
 # class name -> (hue band centre in degrees, shape). Neighbouring hues are at least 28 degrees apart.
 _CLASS_TABLE = {
@@ -209,6 +213,35 @@ def _scene_labels(seed: int, split: str, index: int) -> list[str]:
     return [name for i, name in enumerate(SYNTHETIC_CLASSES) if i in present]
 
 
+def _single_positive_rows(rows: list[Row], classes: list[str]) -> list[Row]:
+    """The rows with one positive each, drawn by the protocol over the file's rows in file order:
+    what loading the file without a ``positive`` column drew before the column was written."""
+    index = {name: i for i, name in enumerate(classes)}
+    labels = np.zeros((len(rows), len(classes)), dtype=np.uint8)
+    for i, row in enumerate(rows):
+        labels[i, [index[n] for n in row.labels]] = 1
+    drawn = sample_single_positive(labels)
+    return [
+        Row(row.image, row.labels, positive=[classes[c] for c in np.flatnonzero(drawn[i])])
+        for i, row in enumerate(rows)
+    ]
+
+
+def partial_positives(seed: int, index: int, labels: list[str], keep_probability: float) -> list[str]:
+    """The annotated labels of training scene ``index`` in a partial world: each true label is kept
+    with probability ``keep_probability``, and at least one is (a random one, when none was).
+
+    Drawn from a generator of its own, seeded by (seed, "partial", index), so the scenes and their
+    full labels are those of the single-positive world with the same seed."""
+    if not labels:
+        return []
+    rng = _rng(seed, "partial", index)
+    keep = rng.random(len(labels)) < keep_probability
+    if not keep.any():
+        keep[rng.integers(len(labels))] = True
+    return [name for name, kept in zip(labels, keep, strict=True) if kept]
+
+
 def make_synthetic_dataset(
     out: str | Path,
     seed: int = 0,
@@ -218,12 +251,19 @@ def make_synthetic_dataset(
     image_size: int = 128,
     progress: bool = True,
     overwrite: bool = False,
+    partial: float | None = None,
 ) -> Path:
     """Write a synthetic data set in the generic format: PNGs under ``out/images/<split>/`` and CSVs.
 
-    The CSVs carry full labels and no ``positive`` column, so single positives are drawn by the
-    protocol when the data set is loaded. A split of size 0 gets no CSV (without val.csv, train is
-    split 80/20 by the protocol). Refuses to replace a different data set unless ``overwrite``.
+    The CSVs carry full labels and a ``positive`` column. By default it holds one positive per row,
+    drawn by the protocol over each file's rows in file order (exactly what loading the files without
+    the column drew before the column was written, so a seed gives the same world as before). A split
+    of size 0 gets no CSV (without val.csv, train is split 80/20 by the protocol).
+
+    ``partial`` (a probability p) writes a partial-label world instead: each training row's ``positive``
+    holds its labels kept with probability p each, at least one (:func:`partial_positives`); the
+    left-out ones are listed in ``out/left_out.csv`` (``image,class``) for scoring only. Validation and
+    test rows observe all their labels. Refuses to replace a different data set unless ``overwrite``.
     """
     out = Path(out)
     sizes = {"train": train, "val": val, "test": test}
@@ -231,7 +271,9 @@ def make_synthetic_dataset(
         raise ValueError(f"split sizes must be >= 0 with a non-empty train, got {sizes}")
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16, got {image_size}")
-    splits = {
+    if partial is not None and not 0.0 < partial <= 1.0:
+        raise ValueError(f"the partial keep probability must be in (0, 1], got {partial}")
+    full = {
         split: [
             Row(image=f"images/{split}/{index:06d}.png", labels=_scene_labels(seed, split, index))
             for index in range(count)
@@ -239,6 +281,17 @@ def make_synthetic_dataset(
         for split, count in sizes.items()
         if count > 0
     }
+    if partial is None:
+        splits = {split: _single_positive_rows(rows, SYNTHETIC_CLASSES) for split, rows in full.items()}
+    else:
+        splits = {
+            split: [
+                Row(row.image, row.labels, positive=partial_positives(seed, index, row.labels, partial)
+                    if split == "train" else row.labels)
+                for index, row in enumerate(rows)
+            ]
+            for split, rows in full.items()
+        }
     # Check before rendering: a refused run must not have overwritten the images of another data set.
     check_writable(out, render_dataset(SYNTHETIC_CLASSES, splits), overwrite)
     total = sum(len(rows) for rows in splits.values())
@@ -252,4 +305,13 @@ def make_synthetic_dataset(
                     raise RuntimeError(f"scene {split}/{index}: rendered labels differ from the layout's")
                 image.save(out / row.image, format="PNG")
                 bar.update(1)
-    return write_dataset(out, SYNTHETIC_CLASSES, splits, overwrite=overwrite)
+    written = write_dataset(out, SYNTHETIC_CLASSES, splits, overwrite=overwrite)
+    left_out = out / LEFT_OUT_FILE
+    if partial is None:
+        left_out.unlink(missing_ok=True)  # a stale list would score this world against another's labels
+    else:
+        lines = ["image,class\n"] + [
+            f"{row.image},{name}\n" for row in splits["train"] for name in row.labels if name not in row.positives
+        ]
+        atomic_write_text(left_out, "".join(lines))
+    return written

@@ -1,0 +1,149 @@
+"""COCO instances JSON: image-level labels from the annotations, classes in the JSON's category order.
+
+Read with the standard library's json: an instances file is plain JSON, and the image-level labels
+need only three lists of it (images, categories, annotations). pycocotools would add a compiled
+dependency and its mask and evaluation code for nothing here, and its loader reports malformed
+entries with a KeyError rather than the file and entry.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spml.data.importers.common import (
+    Collected,
+    ConvertError,
+    Entry,
+    Problems,
+    check_class_name,
+    ordered_unique,
+    relative_image,
+)
+
+NAME = "coco"
+REQUIRED_KEYS = ("images", "annotations", "categories")
+
+
+def _is_id(value: object) -> bool:
+    """COCO ids are integers (some tools write strings); anything else cannot be looked up."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConvertError(f"{path}: cannot read ({error})") from None
+    except json.JSONDecodeError as error:
+        raise ConvertError(f"{path}: malformed JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path}: not a COCO instances file (the top level is not an object)")
+    for key in REQUIRED_KEYS:
+        if not isinstance(data.get(key), list):
+            raise ConvertError(f"{path}: not a COCO instances file (no list {key!r})")
+    return data
+
+
+def is_coco_file(path: Path) -> bool:
+    """Whether ``path`` is a JSON file holding COCO instances (images, annotations, categories)."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    try:
+        _load(path)
+    except ConvertError:
+        return False
+    return True
+
+
+def find_annotation_file(source: Path) -> Path:
+    """``source`` itself when it is a file; else the one COCO instances JSON in it or in ``annotations/``."""
+    if source.is_file():
+        return source
+    candidates = sorted(p for folder in (source, source / "annotations") if folder.is_dir()
+                        for p in folder.glob("*.json") if is_coco_file(p))
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise ConvertError(f"{source}: expected one COCO instances JSON (found: {found}); name the file as SOURCE")
+    return candidates[0]
+
+
+def _image_folder(path: Path, images: list[dict], given: Path | None) -> Path:
+    """``--images``, or the first folder near the JSON that holds its first images: the JSON's folder,
+    its parent, or a folder named after the file (instances_train2017.json -> train2017/) in either."""
+    if given is not None:
+        if not given.is_dir():
+            raise ConvertError(f"{given}: the image folder does not exist")
+        return given
+    names = [i["file_name"] for i in images[:20] if isinstance(i, dict) and isinstance(i.get("file_name"), str)]
+    stem = path.stem.split("_")[-1]
+    candidates = [path.parent, path.parent.parent, path.parent / stem, path.parent.parent / stem,
+                  path.parent / "images", path.parent.parent / "images"]
+    for folder in candidates:
+        if names and any((folder / name).is_file() for name in names):
+            return folder
+    raise ConvertError(f"{path}: cannot find its images beside it (looked in {', '.join(map(str, candidates))}); "
+                       "give the folder with --images DIR")
+
+
+def read(source: Path, images: Path | None = None, skip_bad: bool = False) -> Collected:
+    path = find_annotation_file(source)
+    data = _load(path)
+    problems = Problems(skip_bad)
+    classes: list[str] = []
+    category_names: dict[object, str] = {}
+    for number, category in enumerate(data["categories"]):
+        where = f"{path}, categories[{number}]"
+        if not isinstance(category, dict) or not _is_id(category.get("id")):
+            raise ConvertError(f"{where}: a category needs an id and a name")
+        name = check_class_name(category.get("name"), where)
+        if name in classes:
+            raise ConvertError(f"{where}: duplicate category name {name!r}")
+        if category["id"] in category_names:
+            raise ConvertError(f"{where}: duplicate category id {category['id']!r}")
+        classes.append(name)
+        category_names[category["id"]] = name
+    if not classes:
+        raise ConvertError(f"{path}: no categories")
+
+    root = _image_folder(path, data["images"], images)
+    files: dict[object, str] = {}
+    for number, image in enumerate(data["images"]):
+        where = f"{path}, images[{number}]"
+        if not isinstance(image, dict) or not _is_id(image.get("id")):
+            problems.bad(f"{where}: an image needs an id and a file_name")
+            continue
+        where += f" (id {image['id']})"
+        try:
+            name = relative_image(image.get("file_name"), where)
+        except ConvertError as error:
+            problems.bad(str(error))
+            continue
+        if image["id"] in files:
+            problems.bad(f"{where}: duplicate image id")
+        elif not (root / name).is_file():
+            problems.bad(f"{where}: missing image file {name!r} in {root}")
+        else:
+            files[image["id"]] = name
+
+    labels: dict[object, list[str]] = {image_id: [] for image_id in files}
+    known_images = {image.get("id") for image in data["images"] if isinstance(image, dict) and _is_id(image.get("id"))}
+    for number, annotation in enumerate(data["annotations"]):
+        where = f"{path}, annotations[{number}]"
+        if not isinstance(annotation, dict):
+            problems.bad(f"{where}: not an object")
+            continue
+        if "id" in annotation:
+            where += f" (id {annotation['id']})"
+        category, image_id = annotation.get("category_id"), annotation.get("image_id")
+        if not _is_id(category) or category not in category_names:
+            problems.bad(f"{where}: unknown category_id {category!r}")
+        elif not _is_id(image_id) or image_id not in known_images:
+            problems.bad(f"{where}: unknown image_id {image_id!r}")
+        elif image_id in labels:  # an image left out above takes its annotations with it
+            labels[image_id].append(category_names[category])
+    order = {name: i for i, name in enumerate(classes)}
+    entries = [Entry(files[i], sorted(ordered_unique(names), key=order.__getitem__))
+               for i, names in labels.items() if names]
+    unlabelled = sum(1 for names in labels.values() if not names)
+    return Collected(classes, root, {"train": entries}, problems.messages, unlabelled)

@@ -135,7 +135,10 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                     gallery_size = gr.Slider(0, 48, value=12, step=1, label="Suspects in the gallery")
                     server_path = gr.Textbox("", label="...or a data set folder on the server",
                                              visible=server_paths)
-            start = gr.Button("Audit", variant="primary", elem_id="audit-run")
+            with gr.Row():
+                start = gr.Button("Audit", variant="primary", elem_id="audit-run")
+                try_example = gr.Button("No data set at hand? Audit an example world in one click",
+                                        elem_id="audit-example")
             audit_summary = gr.Markdown(elem_id="audit-summary")
             with gr.Group(elem_id="review"):
                 question = gr.Markdown("Run an audit to review its suspects.", elem_id="review-question")
@@ -199,8 +202,11 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
         audited = start.click(as_outputs(audit.audit, files),
                               inputs=[zip_file, split, top, gallery_size, server_path, session_checkpoint],
                               outputs=AuditView.wire(page), api_name="audit", **model_event)
-        audited.success(lambda value: value, inputs=audit_id, outputs=remembered, **private).success(
-            review_open, inputs=audit_id, outputs=review, **private, **model_event)
+        example_audited = try_example.click(as_outputs(audit.example, files), inputs=session_checkpoint,
+                                            outputs=AuditView.wire(page), **private, **model_event)
+        for finished in (audited, example_audited):  # the browser remembers the audit; its review opens
+            finished.success(lambda value: value, inputs=audit_id, outputs=remembered, **private).success(
+                review_open, inputs=audit_id, outputs=review, **private, **model_event)
         for button, decision in ((confirm, "confirm"), (dismiss, "dismiss"), (undo, None)):
             button.click(as_outputs(lambda key, at, decision=decision: audit.review_decide(key, at, decision), files),
                          inputs=[audit_id, position], outputs=review, **private, **model_event)

@@ -412,6 +412,17 @@ def test_review_decisions_persist_undo_and_export(auditor, audit_zips):
     assert restarted.restore("f" * 24) == nothing and restarted.restore("../etc") == nothing
 
 
+def test_example_audit_counts_the_missing_labels_its_first_suspects_found(auditor):
+    view = auditor.example()
+    run = auditor.workspace.open(view.audit_id)
+    hidden = run.summary["evaluation"]["hidden_positives"]
+    found = sum(row["truth"] == "1" for row in run.rows(hidden))
+    assert hidden > 0 and f"**The first {hidden} suspects found {found} of them**" in view.audit_summary
+    assert run.summary["images"] == 64 and len(view.gallery) == 12
+    assert auditor.example().audit_id == view.audit_id, "the example world is drawn and audited once"
+    assert "Suspect 1 of" in auditor.review_open(view.audit_id).question
+
+
 def test_audit_refuses_bad_uploads_clearly(auditor, audit_zips, monkeypatch):
     cases = [
         ((str(audit_zips["evil"]),), "leaves the extraction folder"),

@@ -156,6 +156,18 @@ def test_audit_and_review_with_keys_survives_a_reload(browser_page, audit_zips, 
     assert len(stores) == 1 and '"confirm"' in stores[0].read_text() and '"dismiss"' in stores[0].read_text()
 
 
+def test_one_click_example_audit_and_its_review(browser_page):
+    page = browser_page
+    page.get_by_role("tab", name="Audit").click()
+    page.locator("#audit-example").click()
+    page.locator("#audit-summary").get_by_text("suspects found").wait_for()
+    _review_status(page, "Decided 0")
+    assert "Suspect 1 of" in page.locator("#review-question").inner_text()
+    assert page.locator("#audit-gallery img").count() == 12
+    page.keyboard.press("c")
+    _review_status(page, "Decided 1")
+
+
 def test_load_a_hub_checkpoint_and_see_the_other_world_notice(browser_page, offline_hub_checkpoint,
                                                               calibrated_checkpoint, tmp_path):
     skimage_data = pytest.importorskip("skimage.data")

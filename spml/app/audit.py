@@ -14,18 +14,19 @@ import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from spml.app.common import UserError, View, gpu
-from spml.app.registry import CheckpointRegistry
+from spml.app.registry import CheckpointRegistry, is_synthetic
 from spml.audit import audit_dataset, report_json_path
 from spml.checkpoint import LoadedModel
 from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import ImageLoadError
+from spml.data.synthetic import make_synthetic_dataset
 from spml.review import (
     ReviewError,
     export_corrected_dataset,
@@ -36,6 +37,8 @@ from spml.review import (
     suspect_evidence,
 )
 
+EXAMPLE_AUDIT_SEED = 7  # not the demo's training seed: scenes the model never saw
+EXAMPLE_AUDIT_IMAGES = 80  # train.csv rows; the audit reads its protocol 80% (64 scenes)
 AUDIT_TABLE_ROWS = 200  # rows of the report shown in the page (the CSV download has them all)
 REVIEW_ROWS = 100  # suspects offered for review, best-ranked first
 DECISION_LABELS = {"confirm": "confirmed (the label is missing)", "dismiss": "dismissed (the class is absent)"}
@@ -239,10 +242,40 @@ class AuditController:
               server_path: str = "", checkpoint: str | None = None,
               progress: gr.Progress = gr.Progress()) -> AuditView:
         """``/audit``: summary, ranked table, gallery of the top suspects' evidence, report CSV, audit id."""
-        key = checkpoint or self.registry.configured
-        split = (split or "train").strip()
-        top, gallery_size = max(1, int(top or 500)), max(0, min(int(gallery_size or 0), 48))
         source = self._source(zip_file, server_path)
+        return self._audit(source, checkpoint or self.registry.configured, (split or "train").strip(),
+                           max(1, int(top or 500)), max(0, min(int(gallery_size or 0), 48)), progress)
+
+    def example(self, checkpoint: str | None = None, progress: gr.Progress = gr.Progress()) -> AuditView:
+        """The one-click example: a small world of the checkpoint's own, made on the spot with its missing
+        labels known, audited; the summary ends with how many of them the first suspects found."""
+        key = checkpoint or self.registry.configured
+        model = self.registry.get(key)
+        if not is_synthetic(model):
+            raise UserError("This checkpoint's world cannot be drawn here: the example data set exists for models "
+                            "of the synthetic world (such as the demo). Upload a zip of your own data set instead.",
+                            title="No example for this checkpoint")
+        folder = self.workspace.directory / "examples" / f"synthetic-{model.image_size}"
+        with self.workspace.lock(str(folder)):
+            if not (folder / "train.csv").is_file():
+                progress(0.0, desc="drawing the example world")
+                scratch = folder.with_name(folder.name + ".partial")
+                shutil.rmtree(scratch, ignore_errors=True)
+                make_synthetic_dataset(scratch, seed=EXAMPLE_AUDIT_SEED, train=EXAMPLE_AUDIT_IMAGES, val=0, test=0,
+                                       image_size=model.image_size, progress=False)
+                os.replace(scratch, folder)
+        view = self._audit(folder, key, "train", 500, 12, progress)
+        run = self._run(view.audit_id)
+        evaluation = run.summary.get("evaluation") or {}
+        hidden = int(evaluation.get("hidden_positives") or 0)
+        found = sum(row.get("truth") == "1" for row in run.rows(hidden))
+        note = (f"  \n**Example world:** {EXAMPLE_AUDIT_IMAGES} scenes drawn on the spot, each annotated with one "
+                f"of its shapes; {hidden} labels are missing. **The first {hidden} suspects found {found} of them** "
+                f"({100.0 * found / max(hidden, 1):.0f}%). Review them below: C confirms, D dismisses.")
+        return replace(view, audit_summary=view.audit_summary + note)
+
+    def _audit(self, source: Path, key: str, split: str, top: int, gallery_size: int,
+               progress: gr.Progress) -> AuditView:
         audit_id = self.workspace.audit_id(source, key, split)
         folder = self.workspace.directory / audit_id
         with self.workspace.lock(audit_id):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +95,12 @@ def _resolve_positives(model: LoadedModel, positive: str | Sequence[str] | None,
     return [model.class_index(name) for name in names], True
 
 
+@functools.lru_cache(maxsize=8)
+def _transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Image.Image], torch.Tensor]:
+    """The checkpoint's eval transform, built once per input size and normalisation, not per request."""
+    return eval_transform(size, mean, std)
+
+
 @torch.inference_mode()
 def analyze(
     model: LoadedModel,
@@ -119,7 +126,7 @@ def analyze(
     picture = load_image(image)
     rgb = np.asarray(picture, dtype=np.uint8)
     network, device = model.network, model.device
-    inputs = eval_transform(model.image_size, model.mean, model.std)(picture)[None].to(device)
+    inputs = _transform(model.image_size, tuple(model.mean), tuple(model.std))(picture)[None].to(device)
 
     output = network(inputs)
     logits = output.logits[0].float()

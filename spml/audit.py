@@ -37,9 +37,10 @@ decision, 0/1; always 0 for a checkpoint without thresholds), positive, probabil
 masked_logit, gap (|z - z^M|, the rule's), truth (1/0 where the data set knows more labels than the
 annotated one, else empty), line (of the data set CSV), decision (empty: for a review by hand).
 
-CAM normalisation is per image whatever the checkpoint says: in the ``reference`` mode an image's mask
-depends on the other images of its batch, and an audit must give an image the same verdict whatever
-batch or shard it lands in (:func:`spml.inspect.analyze` does the same with its batch of one).
+CAM normalisation is per image whatever the checkpoint says: in the batch-wise modes (``calr``,
+``ignore``) an image's mask depends on the other images of its batch, and an audit must give an
+image the same verdict whatever batch or shard it lands in (:func:`spml.inspect.analyze` does the
+same with its batch of one).
 
 Scale: images stream through a DataLoader in batches; the candidate rows of each batch are appended
 to a part file and forgotten, so memory does not grow with the data set. A sidecar state file records

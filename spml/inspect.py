@@ -114,8 +114,8 @@ def analyze(
     With several positives the mask is the union of their CAM regions, as in training.
 
     One forward pass gives the logits and the CAM; a second one, on the masked image, gives the
-    masked logits. A batch of one has no batch statistics, so the ``reference`` normalisation falls
-    back to per-image min-max here (see ``spml.cam.normalize_cams``).
+    masked logits. A batch of one has no batch statistics, so the batch-wise normalisations (``calr``,
+    ``ignore``) fall back to per-image min-max here (see ``spml.cam.normalize_cams``).
     """
     threshold = model.cam_threshold if cam_threshold is None else float(cam_threshold)
     norm = model.cam_norm if cam_norm is None else cam_norm
@@ -136,9 +136,10 @@ def analyze(
     # The mask through the function training and the audit use; the maps again below, for display.
     network_mask = positive_masks(network, output, observed[None], tuple(inputs.shape[-2:]), threshold, norm)
     masked_logits = network(apply_masks(inputs, network_mask)).logits[0].float()
-    # Every class's map (C, h, w), each normalised on its own (a batch of one: ``reference`` is per image):
-    # the positives' for display, all of them for the app's gallery.
-    maps = normalize_cams(network.class_maps(output)[0].float(), "image" if norm == "reference" else norm)
+    # Every class's map (C, h, w), each normalised on its own: for a batch of one every mode is per-image
+    # min-max, which a per-image constant (the head's bias) does not change. The positives' maps for
+    # display, all of them for the app's gallery.
+    maps = normalize_cams(network.class_maps(output)[0].float(), "image")
     cams = maps[positive_indices]
     statistics = statistics_of(model)
     familiar, distance = (None, None) if statistics is None else statistics.in_distribution(picture)

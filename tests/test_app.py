@@ -132,8 +132,8 @@ def test_analyze_callback_outputs_at_the_image_size(controller, app_inputs):
 def test_given_positive_controls_and_payload_forms(controller, app_inputs):
     path = app_inputs["scene"].path
     payload = {"path": str(path), "orig_name": "mine.png", "meta": {"_type": "gradio.FileData"}}
-    summary = controller.analyze(payload, "star", 0.9, "reference").summary
-    assert "`star` (as given" in summary and "reference code normalisation, threshold 0.90" in summary
+    summary = controller.analyze(payload, "star", 0.9, "calr").summary
+    assert "`star` (as given" in summary and "CALR code (batch-wise) normalisation, threshold 0.90" in summary
     data_url = {"path": None, "url": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()}
     assert controller.analyze(data_url).overlay.shape == (128, 128, 3)
 

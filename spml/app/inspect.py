@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 EXAMPLE_SEED = 0  # the seed `train prepare synthetic` defaults to: examples are the demo's own test scenes
 EXAMPLE_COUNT = 8
-NORM_LABELS = {"image": "per image (paper)", "reference": "reference code"}
+NORM_LABELS = {"image": "per image (paper)", "calr": "CALR code (batch-wise)", "ignore": "IGNORE code (batch-wise)"}
 TABLE_HEADERS = ["class", "probability", "logit", "masked logit", "gap", "T_gap", "A_c", "rejected"]
 GALLERY_SIZE = 8  # CAMs of the predicted labels shown at most ...
 GALLERY_PROBABILITY = 0.5  # ... those at or above this probability (at least the top prediction)

@@ -218,3 +218,30 @@ def offline_hub_checkpoint(calibrated_checkpoint: Path, tmp_path: Path, monkeypa
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     return "hf://owner/shapes"
+
+
+@pytest.fixture(scope="session")
+def coco_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic world laid out as COCO (annotations/instances_train.json, train/*.png), zipped as
+    someone would upload it: the importers turn it into the data set format."""
+    import csv
+    import json
+
+    folder = tmp_path_factory.mktemp("coco-zip")
+    root = make_synthetic_dataset(folder / "world", train=12, val=0, test=0, image_size=64, progress=False)
+    with (root / "train.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    images, annotations = [], []
+    for index, row in enumerate(rows):
+        images.append({"id": index + 1, "file_name": Path(row["image"]).name, "width": 64, "height": 64})
+        for name in row["labels"].split(";"):
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1,
+                                "category_id": SYNTHETIC_CLASSES.index(name) + 1, "bbox": [0, 0, 8, 8]})
+    categories = [{"id": index + 1, "name": name} for index, name in enumerate(SYNTHETIC_CLASSES)]
+    archive_path = folder / "shapes-coco.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        archive.writestr("shapes/annotations/instances_train.json",
+                         json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        for row in rows:
+            archive.write(root / row["image"], f"shapes/train/{Path(row['image']).name}")
+    return archive_path

@@ -269,7 +269,7 @@ class AuditController:
         evaluation = run.summary.get("evaluation") or {}
         hidden = int(evaluation.get("hidden_positives") or 0)
         found = sum(row.get("truth") == "1" for row in run.rows(hidden))
-        note = (f"  \n**Example world:** {EXAMPLE_AUDIT_IMAGES} scenes drawn on the spot, each annotated with one "
+        note = (f"  \n**Example world:** {run.summary['images']} scenes drawn on the spot, each annotated with one "
                 f"of its shapes; {hidden} labels are missing. **The first {hidden} suspects found {found} of them** "
                 f"({100.0 * found / max(hidden, 1):.0f}%). Review them below: C confirms, D dismisses.")
         return replace(view, audit_summary=view.audit_summary + note)

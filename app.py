@@ -123,7 +123,8 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                                  interactive=False, wrap=True, elem_id="table")
 
         with gr.Tab("Audit", elem_id="audit-tab"):
-            gr.Markdown("Upload a data set as a zip (images, `classes.txt` and a CSV in the data set format): "
+            gr.Markdown("Upload a data set as a zip (images, `classes.txt` and a CSV in the data set format, or a "
+                        "COCO, VOC, YOLO or imagefolder layout): "
                         "every class not annotated on an image is scored as a possible missing label, the way "
                         "the rule sees it. Then review the best-ranked suspects and export the corrected CSV.")
             with gr.Row():

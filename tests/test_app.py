@@ -423,6 +423,17 @@ def test_example_audit_counts_the_missing_labels_its_first_suspects_found(audito
     assert "Suspect 1 of" in auditor.review_open(view.audit_id).question
 
 
+def test_audit_reads_a_coco_zip_and_reviews_it(auditor, coco_zip):
+    view = auditor.audit(str(coco_zip), gallery_size=2)
+    assert "images of `train`" in view.audit_summary and len(view.gallery) == 2
+    run = auditor.workspace.open(view.audit_id)
+    rows = (run.dataset / "train.csv").read_text().splitlines()[1:]
+    assert len(rows) == 12 and rows[0].startswith("shapes/train/"), "every image of the COCO file, where it lies"
+    assert run.summary["images"] == 10, "the train part of the protocol's 80/20 split (no val.csv)"
+    shown = auditor.review_open(view.audit_id)
+    assert "Suspect 1 of" in shown.question and shown.review_cam.ndim == 3
+
+
 def test_audit_refuses_bad_uploads_clearly(auditor, audit_zips, monkeypatch):
     cases = [
         ((str(audit_zips["evil"]),), "leaves the extraction folder"),

@@ -168,6 +168,17 @@ def test_one_click_example_audit_and_its_review(browser_page):
     _review_status(page, "Decided 1")
 
 
+def test_audit_a_coco_zip(browser_page, coco_zip):
+    page = browser_page
+    page.get_by_role("tab", name="Audit").click()
+    page.locator("#audit-zip input[type=file]").set_input_files(str(coco_zip))
+    page.locator("#audit-zip").get_by_text("shapes-coco.zip").wait_for()
+    page.locator("#audit-run").click()
+    page.locator("#audit-summary").get_by_text("Audited 10 images").wait_for()
+    _review_status(page, "Decided 0")
+    assert "shapes/train/" in page.locator("#review-question").inner_text()
+
+
 def test_load_a_hub_checkpoint_and_see_the_other_world_notice(browser_page, offline_hub_checkpoint,
                                                               calibrated_checkpoint, tmp_path):
     skimage_data = pytest.importorskip("skimage.data")

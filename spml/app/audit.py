@@ -26,6 +26,7 @@ from spml.audit import audit_dataset, report_json_path
 from spml.checkpoint import LoadedModel
 from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import ImageLoadError
+from spml.data.importers import ConvertError, convert_any
 from spml.data.synthetic import make_synthetic_dataset
 from spml.review import (
     ReviewError,
@@ -221,7 +222,8 @@ class AuditController:
 
     def _prepare(self, source: Path, folder: Path, progress: gr.Progress) -> Path:
         """The data set root inside ``folder``: extracted from the zip (to a scratch folder first, so a
-        crash never leaves a half-extracted data set behind) or the server folder itself."""
+        crash never leaves a half-extracted data set behind; a COCO, VOC, YOLO or imagefolder layout
+        converted to the data set format) or the server folder itself."""
         if source.is_dir():
             return source
         data = folder / "data"
@@ -235,8 +237,14 @@ class AuditController:
                 shutil.rmtree(scratch, ignore_errors=True)
                 raise UserError(str(error).replace(str(source), source.name), title="Cannot use this zip") from None
             os.replace(scratch, data)
-        roots = sorted((p.parent for p in data.rglob("classes.txt")), key=lambda p: len(p.parts))
-        return roots[0]
+        root = min((p.parent for p in data.rglob("classes.txt")), key=lambda p: len(p.parts), default=data)
+        try:
+            # Our own format is read as it is; COCO, VOC, YOLO and imagefolder are converted into the
+            # extraction folder itself, whose CSVs then name the images where they lie (no link, which
+            # the review would refuse as leaving the data set folder). The next call finds our format.
+            return convert_any(root, data, skip_bad=True)
+        except (ConvertError, FileExistsError) as error:
+            raise UserError(str(error).replace(str(data), source.name), title="Cannot read this data set") from None
 
     def audit(self, zip_file: Any, split: str = "train", top: float = 500, gallery_size: float = 12,
               server_path: str = "", checkpoint: str | None = None,

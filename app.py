@@ -144,8 +144,12 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
             with gr.Group(elem_id="review"):
                 question = gr.Markdown("Run an audit to review its suspects.", elem_id="review-question")
                 with gr.Row():
-                    review_cam = gr.Image(label="CAM of the annotated positive", format="jpeg", interactive=False,
-                                          height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="review-cam")
+                    review_cam = gr.Image(label="CAM of the suspected class: where the model sees it", format="jpeg",
+                                          interactive=False, height=IMAGE_HEIGHT, elem_classes="spml-fit",
+                                          elem_id="review-cam")
+                    review_positive = gr.Image(label="CAM of the annotated positive", format="jpeg",
+                                               interactive=False, height=IMAGE_HEIGHT, elem_classes="spml-fit",
+                                               elem_id="review-positive")
                     review_masked = gr.Image(label="Masked image", format="jpeg", interactive=False,
                                              height=IMAGE_HEIGHT, elem_classes="spml-fit", elem_id="review-masked")
                     review_crop = gr.Image(label="Crop of the region", format="jpeg", interactive=False,
@@ -162,7 +166,7 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                         export = gr.Button("Export the corrected CSV", elem_id="review-export")
                         export_message = gr.Markdown(elem_id="review-export-message")
                     exported = gr.File(label="Corrected CSV", visible=False, elem_id="review-file", scale=2)
-            gallery = gr.Gallery(label="Top suspects: the CAM of each image's annotated positive", columns=6,
+            gallery = gr.Gallery(label="Top suspects: each suspected class's own CAM", columns=6,
                                  height="auto", elem_id="audit-gallery")
             audit_table = gr.Dataframe(label="Ranked suspects (the report's best rows)", interactive=False,
                                        elem_id="audit-table")
@@ -175,7 +179,8 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                 "cam_gallery": cam_gallery, "gallery_classes": gallery_classes, "audit_summary": audit_summary,
                 "audit_table": audit_table, "gallery": gallery, "report": report, "audit_id": audit_id,
                 "position": position, "question": question, "review_cam": review_cam,
-                "review_masked": review_masked, "review_crop": review_crop, "status": status,
+                "review_positive": review_positive, "review_masked": review_masked, "review_crop": review_crop,
+                "status": status,
                 "exported": exported, "export_message": export_message, "selector": selector,
                 "load_status": load_status}
         analysis = AnalysisView.wire(page)

@@ -113,6 +113,66 @@ def positive_masks(network: SPMLModel, output: ModelOutput, observed: Tensor, si
     return masks
 
 
+def _extent_boxes(rows: Tensor, cols: Tensor) -> Tensor:
+    """Boxes (N, 4) from which rows (N, H) and columns (N, W) of a region hold a pixel; -1 for none."""
+    height, width = rows.shape[1], cols.shape[1]
+    # argmax of a 0/1 vector is its first 1: the first from each end gives the extent.
+    top = rows.to(torch.uint8).argmax(dim=1)
+    bottom = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    left = cols.to(torch.uint8).argmax(dim=1)
+    right = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    boxes = torch.stack([left, top, right, bottom], dim=1).long()
+    boxes[~rows.any(dim=1)] = -1
+    return boxes
+
+
+def mask_boxes(masks: Tensor) -> Tensor:
+    """Bounding boxes (left, top, right, bottom), right/bottom exclusive, of (N, H, W) boolean masks,
+    as a long (N, 4) tensor; a row of -1 for an empty mask. The batched form of :func:`mask_box`."""
+    return _extent_boxes(masks.any(dim=2), masks.any(dim=1))
+
+
+def _resampling(size_in: int, size_out: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Bilinear resampling (align_corners=False) along one axis, as torch computes it: the (out, in)
+    matrix of weights, and the output indices at the ends of each source interval.
+
+    An output value is v[j0] + f (v[j1] - v[j0]) with f non-decreasing inside an interval (constant j0),
+    so it is monotone there and its extremes over the interval lie at the interval's two ends."""
+    scale = size_in / size_out
+    source = ((torch.arange(size_out, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
+    j0 = source.long().clamp_max(size_in - 1)
+    j1 = (j0 + 1).clamp_max(size_in - 1)
+    weight = source - j0
+    matrix = torch.zeros(size_out, size_in, device=device)
+    outputs = torch.arange(size_out, device=device)
+    matrix.index_put_((outputs, j0), 1 - weight, accumulate=True)
+    matrix.index_put_((outputs, j1), weight, accumulate=True)
+    change = torch.ones(size_out, dtype=torch.bool, device=device)
+    change[1:] = j0[1:] != j0[:-1]
+    ends = change.clone()
+    ends[:-1] |= change[1:]
+    ends[-1] = True
+    return matrix, ends.nonzero().flatten()
+
+
+def cam_boxes(cams: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
+    """Boxes (as :func:`mask_boxes`, in pixels of ``size``) of the regions of (N, h, w) raw maps, each
+    normalised per map (min-max), upsampled bilinearly and thresholded as :func:`cam_masks` does.
+
+    Exact without upsampling whole maps: a row holds a pixel of the region when its maximum is above
+    the threshold, and along a row the upsampled values are monotone between source columns, so the
+    maximum is among the columns at the ends of those intervals (at most 2w of them); likewise for the
+    columns. For every class of a batch this costs O(S * w) per map instead of O(S * S)."""
+    maps = normalize_cams(cams.float(), "image")
+    (height, width), device = size, maps.device
+    down, y_ends = _resampling(maps.shape[1], height, device)  # (H, h)
+    across, x_ends = _resampling(maps.shape[2], width, device)  # (W, w)
+    rows = down @ maps  # (N, H, w): resampled along y
+    row_maxima = (rows @ across[x_ends].T).amax(dim=2)  # (N, H): each row at its candidate columns
+    column_maxima = (rows[:, y_ends] @ across.T).amax(dim=1)  # (N, W): each column at its candidate rows
+    return _extent_boxes(row_maxima > threshold, column_maxima > threshold)
+
+
 def apply_masks(images: Tensor, masks: Tensor) -> Tensor:
     """x^M = x * mask in normalised space: masked-out pixels become 0, the data set's mean colour."""
     return images * masks[:, None].to(images.dtype)

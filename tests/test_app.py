@@ -21,6 +21,7 @@ from spml.app import common
 from spml.app import inspect as app_inspect
 from spml.app import registry as app_registry
 from spml.app.outputs import OutputFiles
+from spml.audit import suspect_evidence
 from spml.checkpoint import load_model
 from spml.data.synthetic import SYNTHETIC_CLASSES
 from spml.inference import fold_batchnorm, optimize_for_inference
@@ -389,7 +390,11 @@ def test_audit_callback_ranks_shows_evidence_and_finds_the_audit_again(auditor, 
 
 def test_review_decisions_persist_undo_and_export(auditor, audit_zips):
     audit_id = auditor.audit(str(audit_zips["good"]), gallery_size=0).audit_id
-    position, question, overlay, masked, crop, status = auditor.review_open(audit_id).outputs()
+    position, question, overlay, positive, masked, crop, status = auditor.review_open(audit_id).outputs()
+    run = auditor.workspace.open(audit_id)
+    evidence = suspect_evidence(auditor.registry.get(), run.dataset, run.rows(1)[0])
+    assert np.array_equal(overlay, evidence["suspect_overlay"]), "the suspected class's own CAM comes first"
+    assert np.array_equal(positive, evidence["positive_overlay"])
     assert position == 0 and "Suspect 1 of" in question and "undecided" in question and overlay.ndim == 3
     first = auditor.workspace.open(audit_id).rows(2)
     shown = auditor.review_decide(audit_id, position, "confirm")
@@ -408,7 +413,7 @@ def test_review_decisions_persist_undo_and_export(auditor, audit_zips):
     assert "1 labels added and 0 classes" in message and exported.visible
     rows = {line.split(",")[0]: line for line in Path(exported.value["path"]).read_text().splitlines()[1:]}
     assert first[0]["class"] in rows[first[0]["image"]]
-    nothing = (gr.skip(),) * 11
+    nothing = (gr.skip(),) * 12
     assert restarted.restore("f" * 24) == nothing and restarted.restore("../etc") == nothing
 
 

@@ -162,7 +162,9 @@ def test_one_click_example_audit_and_its_review(browser_page):
     page.locator("#audit-example").click()
     page.locator("#audit-summary").get_by_text("suspects found").wait_for()
     _review_status(page, "Decided 0")
-    assert "Suspect 1 of" in page.locator("#review-question").inner_text()
+    question = page.locator("#review-question").inner_text()
+    assert "Suspect 1 of" in question and "First: where the model sees a" in question, "the suspect's own CAM leads"
+    assert _image_src(page, "review-cam") and _image_src(page, "review-positive")
     assert page.locator("#audit-gallery img").count() == 12
     page.keyboard.press("c")
     _review_status(page, "Decided 1")

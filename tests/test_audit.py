@@ -16,10 +16,13 @@ import pytest
 import torch
 from conftest import make_spread_model
 
-from spml.audit import _PART_COLUMNS, REPORT_COLUMNS, _merge, audit_dataset, batch_evidence, missing_label_score
+from spml.audit import REPORT_COLUMNS, audit_dataset, batch_evidence, candidate_values, missing_label_score
+from spml.audit.report import PART_COLUMNS, merge_report
+from spml.audit.scoring import format_box, parse_box
 from spml.checkpoint import LoadedModel, load_model, save_checkpoint
 from spml.data import SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
 from spml.metrics import StreamingRanking, average_precision, precision_recall_at_k, roc_auc
+from spml.model import LinearCAMModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,18 +107,19 @@ def test_streaming_ranking_equals_the_array_metrics_and_refuses_disorder():
 def test_report_evaluation_on_hand_made_candidates(tmp_path):
     """Five candidates of two classes: the report is sorted by score, and the audit and baseline
     metrics are those computed by hand."""
-    rows = [  # image, class, score, rejected, positive, probability, logit, masked_logit, gap, truth, line
-        ("a.png", "cat", "0.9", "1", "dog", "0.9", "2.0", "0", "2", "1", "2"),
-        ("b.png", "cat", "0.8", "0", "dog", "0.7", "0.8", "0", "0.8", "0", "3"),
-        ("c.png", "cat", "0.8", "1", "dog", "0.6", "0.5", "0", "0.5", "1", "4"),
-        ("d.png", "cow", "0.4", "0", "dog", "0.95", "3.0", "3", "0", "0", "5"),
-        ("e.png", "cow", "0.3", "0", "dog", "0.2", "-1.0", "-2", "1", "1", "6"),
+    rows = [  # image, class, score, rejected, positive, probability, logit, masked_logit, gap, truth, line,
+        # suspect_box, positive_box, fold
+        ("a.png", "cat", "0.9", "1", "dog", "0.9", "2.0", "0", "2", "1", "2", "1 2 3 4", "0 0 8 8", ""),
+        ("b.png", "cat", "0.8", "0", "dog", "0.7", "0.8", "0", "0.8", "0", "3", "1 2 3 4", "0 0 8 8", ""),
+        ("c.png", "cat", "0.8", "1", "dog", "0.6", "0.5", "0", "0.5", "1", "4", "1 2 3 4", "0 0 8 8", ""),
+        ("d.png", "cow", "0.4", "0", "dog", "0.95", "3.0", "3", "0", "0", "5", "1 2 3 4", "0 0 8 8", ""),
+        ("e.png", "cow", "0.3", "0", "dog", "0.2", "-1.0", "-2", "1", "1", "6", "1 2 3 4", "0 0 8 8", ""),
     ]
-    assert len(rows[0]) == len(_PART_COLUMNS)
+    assert len(rows[0]) == len(PART_COLUMNS)
     part = tmp_path / "part.csv"
     part.write_text("".join(",".join(row) + "\n" for row in rows))
     out = tmp_path / "report.csv"
-    written, rejected, evaluation = _merge([part], tmp_path / "work", out, None, True, ["cat", "cow", "dog"])
+    written, rejected, evaluation = merge_report([part], tmp_path / "work", out, None, True, ["cat", "cow", "dog"])
     report = read_rows(out)
     assert written == 5 and rejected == 2
     assert [row["image"] for row in report] == ["a.png", "b.png", "c.png", "d.png", "e.png"]
@@ -157,11 +161,12 @@ def test_batch_evidence_masks_only_images_with_a_positive(model):
     observed[2, 5] = 1
     observed[2, 1] = -1
     evidence = batch_evidence(model, images, observed)
-    assert torch.equal(evidence["masked_logits"][1], evidence["logits"][1])  # all-ones mask: no second pass
-    assert not torch.equal(evidence["masked_logits"][0], evidence["logits"][0])
-    assert not evidence["rejected"][observed != 0].any()  # positives and known negatives are never rejected
+    assert np.array_equal(evidence.masked_logits[1], evidence.logits[1])  # all-ones mask: no second pass
+    assert not np.array_equal(evidence.masked_logits[0], evidence.logits[0])
+    assert not evidence.rejected[(observed != 0).numpy()].any()  # positives and known negatives are never rejected
     alone = batch_evidence(model, images[2:], observed[2:])  # per-image normalisation: batch independent
-    assert torch.allclose(alone["score"][0], evidence["score"][2], atol=1e-5)
+    assert np.allclose(alone.score[0], evidence.score[2], atol=1e-5)
+    assert np.array_equal(alone.suspect_boxes[0], evidence.suspect_boxes[2])
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -350,3 +355,58 @@ def test_a_single_positive_data_set_has_no_truth_and_no_evaluation(world, model,
     report = audit_dataset(model, single, "test", tmp_path / "audit.csv", batch_size=5, show_progress_bar=False)
     assert report.summary["evaluation"] is None and report.candidates == 12 * 9
     assert {row["truth"] for row in read_rows(report.csv_path)} == {""}
+
+
+# --- where is the missing object: the boxes ------------------------------------------------------
+
+
+def colour_cell_model() -> LoadedModel:
+    """A network whose CAM of class k is the mean of colour channel k over 8x8 cells (4x4 map of a 32 px
+    input): identity head, no bias, so a coloured 8x8 square is a one-cell map of its colour's class."""
+    network = LinearCAMModel("compact", torch.nn.AvgPool2d(8), 3, 3)
+    with torch.no_grad():
+        network.head.weight.copy_(torch.eye(3))
+        network.head.bias.zero_()
+    return LoadedModel(network.eval(), ["red", "green", "blue"], 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                       cam_threshold=0.5)
+
+
+def test_boxes_of_the_suspect_and_the_positive_are_the_hand_computed_ones():
+    """Green square in cell (row 1, column 2), red in the corner cell (3, 0); red is annotated.
+
+    Bilinear upsampling x8 (align_corners=False) of a one-cell map gives, at pixel x, the source
+    coordinate (x + 0.5) / 8 - 0.5 and the value (1 - |dx|)(1 - |dy|) around the cell's centre. The
+    best column value is 0.9375 (x = 19 or 20), so a row is in the region where 1 - |dy| > 0.5 / 0.9375:
+    rows 8..15, and likewise columns 16..23: box (16, 8, 24, 16) at 32 px. The corner cell is clamped at
+    the border: columns 0..7, rows 24..31. The image's own size is 64 x 32 (width x height): x doubles."""
+    image = torch.zeros(1, 3, 32, 32)
+    image[0, 1, 8:16, 16:24] = 1.0
+    image[0, 0, 24:32, 0:8] = 1.0
+    observed = torch.tensor([[1, 0, 0]], dtype=torch.int8)
+    model = colour_cell_model()
+    evidence = batch_evidence(model, image, observed, sizes=torch.tensor([[64, 32]]))
+    green, blue = candidate_values(evidence, 0, 1), candidate_values(evidence, 0, 2)
+    assert green["suspect_box"] == (32, 8, 48, 16)
+    assert green["positive_box"] == blue["positive_box"] == (0, 24, 16, 32)
+    assert blue["suspect_box"] is None  # a flat map: no region
+    # The masked image keeps only the red corner: green's logit drops to 0, its score is the formula's.
+    assert green["logit"] == pytest.approx(1 / 16) and green["masked_logit"] == pytest.approx(0.0)
+    assert green["score"] == pytest.approx(torch.sigmoid(torch.tensor(1 / 16)).item()
+                                           * torch.sigmoid(torch.tensor(1 / 16)).item())
+    assert format_box(green["suspect_box"]) == "32 8 48 16" and parse_box("32 8 48 16") == (32, 8, 48, 16)
+    assert format_box(None) == "" and parse_box("") is None
+    unscaled = batch_evidence(model, image, observed)  # without sizes: input pixels
+    assert candidate_values(unscaled, 0, 1)["suspect_box"] == (16, 8, 24, 16)
+    nobody = batch_evidence(model, image, torch.zeros(1, 3, dtype=torch.int8))
+    assert candidate_values(nobody, 0, 1)["positive_box"] is None  # no positive: the whole image, no box
+
+
+def test_report_rows_carry_well_formed_boxes(reference):
+    rows = read_rows(reference)
+    for row in rows:
+        for column in ("suspect_box", "positive_box"):
+            box = parse_box(row[column])
+            if box is not None:  # the test images are 32 x 32
+                assert 0 <= box[0] < box[2] <= 32 and 0 <= box[1] < box[3] <= 32, (column, row[column])
+        assert row["positive_box"] != "" and row["fold"] == ""
+    assert any(row["suspect_box"] for row in rows)

@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from spml.__main__ import main as spml_main
+from spml.audit import record_decision
 from spml.data import load_dataset
 from spml.data.importers import ConvertError, convert, convert_any, detect_format
-from spml.review import record_decision
 
 CLASSES = ["cat", "dog", "traffic light"]
 # Several labels on most images; the colours make the classes learnable in principle.

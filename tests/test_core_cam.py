@@ -6,10 +6,12 @@ import torch
 
 from spml.cam import (
     apply_masks,
+    cam_boxes,
     cam_masks,
     crop_to_box,
     heatmap_overlay,
     mask_box,
+    mask_boxes,
     masked_display,
     normalize_cams,
     upsample_maps,
@@ -198,3 +200,19 @@ def test_heatmap_overlay_shape_dtype_and_alpha():
     hot = heatmap_overlay(np.zeros((1, 2, 3), np.uint8), np.array([[0.0, 1.0]]), alpha=1.0)
     assert hot[0, 0, 2] > hot[0, 0, 0]  # JET: low is blue
     assert hot[0, 1, 0] > hot[0, 1, 2]  # high is red
+
+
+def test_cam_boxes_equal_the_boxes_of_the_upsampled_masks():
+    """cam_boxes never upsamples a whole map, yet gives the box of cam_masks' region exactly, also for
+    sizes that are not a multiple of the map's, flat maps (no region) and every threshold."""
+    torch.manual_seed(0)
+    for (h, w), size in [((8, 8), (128, 128)), ((4, 4), (32, 32)), ((7, 5), (100, 61)), ((3, 9), (17, 200))]:
+        maps = torch.randn(30, h, w) ** 3
+        maps[0] = 1.0  # flat: normalised to 0 everywhere, no region
+        for threshold in (0.3, 0.5, 0.8):
+            expected = mask_boxes(cam_masks(maps, size, threshold))
+            assert torch.equal(cam_boxes(maps, size, threshold), expected)
+            assert expected[0].tolist() == [-1, -1, -1, -1]
+    mask = torch.zeros(1, 6, 9, dtype=torch.bool)
+    mask[0, 2:4, 3:8] = True
+    assert mask_boxes(mask).tolist() == [[3, 2, 8, 4]] and mask_box(mask[0].numpy()) == (3, 2, 8, 4)

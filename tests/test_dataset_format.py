@@ -21,6 +21,7 @@ from spml.data import (
     weak_transform,
     write_dataset,
 )
+from spml.data.dataset import BrokenImage, SkipBrokenImages, collate_skipping_broken
 
 CLASSES = ["cat", "dog", "dining table", "potted, plant"]
 
@@ -233,3 +234,18 @@ def test_image_dataset_names_a_broken_image(full_dataset):
     split.images[0].write_bytes(b"not an image")
     with pytest.raises(ImageLoadError, match=str(split.images[0].name)):
         ImageDataset(split, eval_transform(16))[0]
+
+
+def test_skip_broken_images_hands_the_broken_ones_to_the_caller(full_dataset):
+    """One wrapper for the trainer and the audit: a broken image becomes a BrokenImage naming it, the
+    collate drops it from the batch and returns it; a batch of broken images only is None."""
+    split = load_dataset(full_dataset).split("train")
+    split.images[1].write_bytes(b"not an image")
+    items = SkipBrokenImages(ImageDataset(split, eval_transform(16)))
+    broken = items[1]
+    assert isinstance(broken, BrokenImage) and broken.index == 1 and split.images[1].name in broken.message
+    assert items[0]["size"].tolist() == [6, 5]  # the file's own (width, height)
+    batch, dropped = collate_skipping_broken([items[0], items[1], items[2]])
+    assert batch["index"].tolist() == [0, 2] and batch["image"].shape == (2, 3, 16, 16)
+    assert dropped == [broken]
+    assert collate_skipping_broken([broken]) == (None, [broken])

@@ -16,12 +16,9 @@ import pytest
 import torch
 
 from spml.__main__ import main as spml_main
-from spml.checkpoint import LoadedModel
-from spml.data import IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
-from spml.model import create_model
-from spml.review import (
+from spml.audit import (
     ReviewError,
-    _copy_limited,
+    audit_dataset,
     decisions_path,
     export_corrected_dataset,
     load_decisions,
@@ -31,6 +28,11 @@ from spml.review import (
     safe_extract_zip,
     suspect_evidence,
 )
+from spml.audit.scoring import format_box
+from spml.audit.uploads import _copy_limited
+from spml.checkpoint import LoadedModel
+from spml.data import IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
+from spml.model import create_model
 
 
 @pytest.fixture(scope="module")
@@ -311,12 +313,36 @@ def test_suspect_evidence_gives_the_pictures_and_numbers(world, model):
     labels = row["labels"].split(";")
     missing = next(name for name in SYNTHETIC_CLASSES if name not in labels)
     evidence = suspect_evidence(model, world, {"image": row["image"], "class": missing, "positive": labels[0]})
-    assert evidence["image"].shape == (32, 32, 3) and evidence["overlay"].shape == (32, 32, 3)
+    assert evidence["image"].shape == (32, 32, 3) and evidence["suspect_overlay"].shape == (32, 32, 3)
+    assert evidence["suspect_cam"].shape == (32, 32) and evidence["positive_cam"].shape == (32, 32)
     assert evidence["masked_image"].shape == (32, 32, 3) and evidence["positive"] == labels[0]
-    assert evidence["positive_given"] and evidence["class"] == missing
+    assert evidence["positive_given"] and evidence["class"] == missing and evidence["image_size"] == (32, 32)
     assert evidence["gap"] == pytest.approx(abs(evidence["logit"] - evidence["masked_logit"]), abs=1e-5)
     json.dumps({k: v for k, v in evidence.items() if not isinstance(v, np.ndarray)})  # the numbers are plain
     unannotated = suspect_evidence(model, world, {"image": row["image"], "class": missing, "positive": ""})
-    assert not unannotated["positive_given"]
+    assert not unannotated["positive_given"] and unannotated["positive_cam"] is None
+    assert unannotated["positive_box"] is None and unannotated["masked_logit"] == unannotated["logit"]
     with pytest.raises(ReviewError, match="outside the data set folder"):
         suspect_evidence(model, world, {"image": "../../etc/passwd", "class": missing, "positive": ""})
+
+
+def test_the_reviews_numbers_are_the_report_rows(world, model, tmp_path):
+    """Every number and box the review shows equals the report row's, also for an image without an
+    annotated positive (which the review once recomputed with the top prediction's CAM)."""
+    data = tmp_path / "data"
+    shutil.copytree(world, data)
+    rows = list(csv.DictReader((world / "train.csv").open()))
+    lines = ["image,labels,positive"] + [f"{r['image']},{r['labels']},{'' if i < 3 else r['labels'].split(';')[0]}"
+                                         for i, r in enumerate(rows)]
+    (data / "train.csv").write_text("\n".join(lines) + "\n")
+    report = audit_dataset(model, data, "train", tmp_path / "audit.csv", batch_size=3, show_progress_bar=False)
+    report_rows = list(csv.DictReader(report.csv_path.open()))
+    assert any(not row["positive"] for row in report_rows) and any(row["positive"] for row in report_rows)
+    for row in report_rows:
+        evidence = suspect_evidence(model, data, row)
+        for column in ("score", "probability", "logit", "masked_logit", "gap"):
+            assert evidence[column] == pytest.approx(float(row[column]), rel=1e-5, abs=1e-6), column
+        assert int(evidence["rejected"]) == int(row["rejected"])
+        assert format_box(evidence["suspect_box"]) == row["suspect_box"]
+        assert format_box(evidence["positive_box"]) == row["positive_box"]
+        assert evidence["positive"] == row["positive"]

@@ -33,6 +33,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke runs)")
     parser.add_argument("--skip-bad", action="store_true", default=None,
                         help="skip bad rows and unreadable images (counted in the log) instead of stopping")
+    parser.add_argument("--folds", type=int, help="cross-fitting: train K models, each without one fold of the "
+                        "training split (RUN/folds.json, RUN/fold-<f>/), for an out-of-sample `spml audit`")
     parser.add_argument("--single-positive", action="store_true", default=None,
                         help="draw one positive per row from labels by the protocol (for files without a positive "
                              "column); by default every class in labels is observed")
@@ -52,6 +54,11 @@ def _run_fit(args: argparse.Namespace) -> int:
 
         logging.getLogger("train").info("making the synthetic world at %s", config.data)
         make_synthetic_dataset(config.data, **config.synthetic)
+    if args.folds is not None:
+        from train.folds import fit_folds
+
+        print(json.dumps(fit_folds(config, args.folds)))
+        return 0
     summary = fit(config)
     if config.export:
         export_run(Path(config.out), Path(config.export))
@@ -117,6 +124,15 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     add_bench_arguments(parser)
 
 
+def _add_bench_cleanlab(subparsers: argparse._SubParsersAction) -> None:
+    from train.bench_cleanlab import add_bench_cleanlab_arguments, run_bench_cleanlab
+
+    parser = subparsers.add_parser("bench-cleanlab", help="the audit against cleanlab's multi-label functions, "
+                                   "in-sample and cross-fitted, on small synthetic worlds (a benchmark)")
+    add_bench_cleanlab_arguments(parser)
+    parser.set_defaults(func=run_bench_cleanlab)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_push(subparsers)
     _add_bench(subparsers)
+    _add_bench_cleanlab(subparsers)
     return parser
 
 

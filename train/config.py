@@ -52,6 +52,9 @@ class TrainConfig:
     # Make the synthetic world at `data` first when it is missing: {seed, train, val, test, image_size}.
     synthetic: dict[str, Any] | None = None
     export: str | None = None  # copy the best checkpoint and summary here when training ends
+    # Cross-fitting (train/folds.py): train without fold `fold` of the folds file.
+    folds_file: str | None = None
+    fold: int | None = None
 
     def validate(self) -> TrainConfig:
         if not self.data:

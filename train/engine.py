@@ -22,13 +22,13 @@ from tqdm import tqdm
 from spml.checkpoint import LoadedModel, save_checkpoint
 from spml.data import (
     ImageDataset,
-    ImageLoadError,
     Split,
     eval_transform,
     load_dataset,
     strong_transform,
     weak_transform,
 )
+from spml.data.dataset import BrokenImage, SkipBrokenImages, collate_skipping_broken
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.losses import CALR, Objective, StepResult, create_objective
 from spml.metrics import mean_average_precision
@@ -36,6 +36,7 @@ from spml.model import SPMLModel, create_model
 from spml.runtime import DistInfo, atomic_path, atomic_write_text, close_distributed, init_distributed, resolve_device
 from train import distributed
 from train.config import TrainConfig
+from train.folds import without_fold
 
 log = logging.getLogger("train")
 STATE_NAME = "state.pt"
@@ -43,26 +44,12 @@ STATE_NAME = "state.pt"
 _RESUMABLE_DIFFERENCES = {"out", "device", "workers", "log_every", "eval_batch_size"}
 
 
-class SkipBrokenImages(torch.utils.data.Dataset):
-    """Wraps a data set so that an image that fails to decode yields None (dropped by the collate)."""
-
-    def __init__(self, dataset: ImageDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        try:
-            return self.dataset[index]
-        except ImageLoadError as error:
-            log.warning("skipping a broken image: %s", error)
-            return None
-
-
-def collate_skipping_none(items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor] | None:
-    kept = [item for item in items if item is not None]
-    return torch.utils.data.default_collate(kept) if kept else None
+def collate_skipping_none(items: list[dict[str, Any] | BrokenImage]) -> dict[str, torch.Tensor] | None:
+    """The batch of the decoded images (None when none is left); broken ones are logged and dropped."""
+    batch, broken = collate_skipping_broken(items)
+    for item in broken:
+        log.warning("skipping a broken image: %s", item.message)
+    return batch
 
 
 @dataclass
@@ -337,6 +324,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -> dict[str, Any]:
     dataset = load_dataset(config.data, skip_bad=config.skip_bad, single_positive=config.single_positive)
     train_split, val_split = dataset.split("train"), dataset.split("val")
+    if config.fold is not None:
+        train_split = without_fold(train_split, dataset.root, config.folds_file, config.fold)
     test_split = dataset.splits.get("test")
     for split in (train_split, val_split):
         for message in split.skipped:

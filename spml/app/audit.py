@@ -22,21 +22,22 @@ import gradio as gr
 
 from spml.app.common import UserError, View, gpu
 from spml.app.registry import CheckpointRegistry, is_synthetic
-from spml.audit import audit_dataset, report_json_path
+from spml.audit import (
+    ReviewError,
+    audit_dataset,
+    export_corrected_dataset,
+    load_decisions,
+    record_decision,
+    report_json_path,
+    resolve_server_dataset,
+    safe_extract_zip,
+    suspect_evidence,
+)
 from spml.checkpoint import LoadedModel
 from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import ImageLoadError
 from spml.data.importers import ConvertError, convert_any
 from spml.data.synthetic import make_synthetic_dataset
-from spml.review import (
-    ReviewError,
-    export_corrected_dataset,
-    load_decisions,
-    record_decision,
-    resolve_server_dataset,
-    safe_extract_zip,
-    suspect_evidence,
-)
 
 EXAMPLE_AUDIT_SEED = 7  # not the demo's training seed: scenes the model never saw
 EXAMPLE_AUDIT_IMAGES = 80  # train.csv rows; the audit reads its protocol 80% (64 scenes)
@@ -178,7 +179,8 @@ class ReviewView(View):
 
     position: int
     question: str
-    review_cam: Any
+    review_cam: Any  # the suspected class's own CAM: where the model sees the missing object (shown first)
+    review_positive: Any  # the annotated positive's CAM (None: no positive annotated)
     review_masked: Any
     review_crop: Any
     status: str
@@ -310,7 +312,7 @@ class AuditController:
         gallery = []
         for row in progress.tqdm(rows[:gallery_size], desc="evidence of the top suspects"):
             evidence = self._evidence_of(run, audit_id, row)
-            gallery.append((evidence["overlay"], f"#{row['rank']} {row['class']}? {row['image']} "
+            gallery.append((evidence["suspect_overlay"], f"#{row['rank']} {row['class']}? {row['image']} "
                                                  f"(score {float(row['score']):.3f}, positive {row['positive']})"))
         return AuditView(audit_summary=audit_summary_markdown(run.summary),
                          audit_table=audit_table(rows[:AUDIT_TABLE_ROWS]), gallery=gallery, report=str(run.report),
@@ -339,18 +341,20 @@ class AuditController:
         run = self._run(audit_id)
         rows = run.rows(REVIEW_ROWS)
         if not rows:
-            return ReviewView(0, "The report holds no suspect.", None, None, None, "")
+            return ReviewView(0, "The report holds no suspect.", None, None, None, None, "")
         position = min(max(int(position), 0), len(rows) - 1)
         row = rows[position]
         evidence = self._evidence_of(run, audit_id, row)
         decisions = load_decisions(run.report)
         decision = decisions.get(row["image"], {}).get(row["class"])
         made = [d for d in (decisions.get(r["image"], {}).get(r["class"]) for r in rows) if d is not None]
-        given = "annotated positive" if evidence["positive_given"] else "no annotated positive; top prediction"
+        positive = (f"the annotated positive `{evidence['positive']}`'s region" if evidence["positive_given"]
+                    else "no annotated positive: the masked pass saw the whole image")
         rule = "rejected by the rule" if evidence["rejected"] else "not rejected by the rule"
         question = (
             f"**Suspect {position + 1} of {len(rows)}** · `{row['image']}`  \n"
-            f"Is there a **{row['class']}** in this image? The CAM is that of `{evidence['positive']}` ({given}).  \n"
+            f"Is there a **{row['class']}** in this image? First: where the model sees a {row['class']} (its own "
+            f"CAM); then {positive}.  \n"
             f"Score {float(row['score']):.3f} · probability {evidence['probability']:.3f} · logit "
             f"{evidence['logit']:.2f} → {evidence['masked_logit']:.2f} masked (gap {evidence['gap']:.2f}, {rule}).  \n"
             f"Decision: **{DECISION_LABELS.get(decision, 'undecided')}**"
@@ -358,8 +362,9 @@ class AuditController:
         status = (f"Decided {len(made)} of {len(rows)}: {made.count('confirm')} confirmed, {made.count('dismiss')} "
                   "dismissed. Keys: **C** confirm · **D** dismiss · **←/→** or **P/N** previous/next · **U** undo.")
         crop = evidence["crop"] if evidence["box"] is not None else None
-        return ReviewView(position=position, question=question, review_cam=evidence["overlay"],
-                          review_masked=evidence["masked_image"], review_crop=crop, status=status)
+        return ReviewView(position=position, question=question, review_cam=evidence["suspect_overlay"],
+                          review_positive=evidence["positive_overlay"], review_masked=evidence["masked_image"],
+                          review_crop=crop, status=status)
 
     def review_open(self, audit_id: str | None) -> ReviewView:
         """Open the review at the best-ranked undecided suspect."""

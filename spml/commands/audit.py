@@ -7,17 +7,17 @@ import argparse
 import json
 import os
 
-from spml.audit import audit_dataset
-from spml.checkpoint import load_model
+from spml.audit import audit_dataset, export_corrected_dataset, load_audit_model, load_decisions
 from spml.data.generic import load_dataset
-from spml.review import export_corrected_dataset, load_decisions
 from spml.runtime import resolve_device
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     audit = subparsers.add_parser("audit", help="rank the likely missing labels of a data set split",
                                   description="Also runs under torchrun --nproc_per_node=N (one shard per rank).")
-    audit.add_argument("--checkpoint", default="checkpoints/demo", help="directory or hf://OWNER/NAME[@REV]")
+    audit.add_argument("--checkpoint", default="checkpoints/demo",
+                       help="directory or hf://OWNER/NAME[@REV], or the run directory of `train fit --folds K` "
+                            "(each image scored by the model that never trained on it)")
     audit.add_argument("--data", required=True, help="data set folder (classes.txt, train.csv, ...)")
     audit.add_argument("--split", default="train", help="split to audit (default: train)")
     audit.add_argument("--out", default="audit.csv", help="report CSV; the summary goes beside it as .json")
@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint, device=resolve_device(args.device))
+    model = load_audit_model(args.checkpoint, device=resolve_device(args.device))
     report = audit_dataset(model, args.data, args.split, args.out, batch_size=args.batch_size, top=args.top,
                            workers=args.workers, resume=not args.no_resume, single_positive=args.single_positive)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from spml.checkpoint import CONFIG_NAME, LoadedModel, read_config
 from spml.data.generic import load_dataset
-from spml.data.images import load_image
+from spml.data.images import ImageLoadError, load_image
 from spml.runtime import atomic_write_text
 
 THUMBNAIL = 64
@@ -141,10 +141,18 @@ def statistics_of(model: LoadedModel) -> ImageStatistics | None:
 
 
 def split_descriptors(data: str | Path, split: str, progress: bool = True) -> np.ndarray:
-    """(N, D) descriptors of every image of ``split`` of the data set at ``data``."""
-    images = load_dataset(data, skip_bad=True).split(split).images  # as training read it with --skip-bad
-    return np.stack([describe(load_image(path)) for path in tqdm(images, desc=f"describing {split}",
-                                                                   unit="image", disable=not progress)])
+    """(N, D) descriptors of every readable image of ``split`` of the data set at ``data``; an image that
+    cannot be decoded is left out, as training's broken-batch handling leaves it out."""
+    descriptors = []
+    for path in tqdm(load_dataset(data, skip_bad=True).split(split).images, desc=f"describing {split}",
+                     unit="image", disable=not progress):
+        try:
+            descriptors.append(describe(load_image(path)))
+        except ImageLoadError:
+            continue
+    if not descriptors:
+        raise ValueError(f"no readable image in split {split!r} of {data}")
+    return np.stack(descriptors)
 
 
 def calibrate_checkpoint(checkpoint: str | Path, model: LoadedModel, data: str | Path, split: str = "train",

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.check}: {alarms} of {len(distances)} images taken for another world "
                   f"({100.0 * alarms / len(distances):.2f}% false alarms; largest distance {distances.max():.3f}, "
                   f"threshold {statistics.threshold:.3f})")
-    except (CheckpointError, DatasetError) as error:
+    except (CheckpointError, DatasetError, ValueError) as error:
         print(f"error: {error}")
         return 2
     if args.photos:

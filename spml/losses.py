@@ -8,6 +8,7 @@ Losses work on raw logits with log-sigmoid (exact -log(sigmoid)), where the publ
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from spml.model import SPMLModel
 from spml.rejection import RunningThresholds, rejection_mask
 
 LOSS_NAMES = ("full", "an", "an-ls", "wan", "epr", "role", "ll-r", "ll-ct", "ll-cp", "calr")
+MASKED_BATCHNORM_MODES = ("batch", "eval", "update")
+log = logging.getLogger(__name__)
 
 
 def neg_log_sigmoid(logits: Tensor) -> Tensor:
@@ -185,6 +188,43 @@ def repeated_batchnorm_updates(model: nn.Module, passes: int) -> Iterator[None]:
             handle.remove()
 
 
+@contextmanager
+def batchnorm_in_eval_mode(model: nn.Module) -> Iterator[None]:
+    """BatchNorm normalises with its running statistics (as at test time) and updates nothing."""
+    saved = [module for module in model.modules()
+             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training]
+    for module in saved:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in saved:
+            module.train()
+
+
+@contextmanager
+def masked_pass_batchnorm(model: nn.Module, mode: str) -> Iterator[None]:
+    """BatchNorm in the masked pass: ``batch`` (batch statistics, buffers untouched), ``eval``
+    (running statistics) or ``update`` (batch statistics folded into the buffers, as the reference)."""
+    if mode == "batch":
+        with frozen_batchnorm_statistics(model):
+            yield
+    elif mode == "eval":
+        with batchnorm_in_eval_mode(model):
+            yield
+    elif mode == "update":
+        yield
+    else:
+        raise ValueError(f"unknown masked-pass BatchNorm mode {mode!r}; choose one of "
+                         f"{', '.join(MASKED_BATCHNORM_MODES)}")
+
+
+# The reference's rule, and ours: what a CALR built without options (no recipe) uses. Chosen by the
+# ablations of the method benchmark (README, "Method benchmark"; Decisions).
+REFERENCE_OPTIONS: dict[str, Any] = {"bias_correction": False, "masked_bn": "update", "per_class_gap": False}
+CALR_DEFAULTS: dict[str, Any] = {"bias_correction": True, "masked_bn": "batch", "per_class_gap": False}
+
+
 class Objective(nn.Module):
     """One training step of one loss: ``step(model, batch, epoch) -> StepResult``.
 
@@ -324,12 +364,23 @@ class LargeLoss(Objective):
 class CALR(Objective):
     """CAM-based loss rejection: one weak and one strong pass with autograd, one masked pass without.
 
-    ``reference=True`` runs the masked pass as the public codes do: with autograd and with
-    BatchNorm folding the masked batch into its running statistics (slower, and it lets x^M shift
-    the statistics used at test time). The default only reads batch statistics there.
-    ``batchnorm_passes=2`` folds every batch of every model call into BatchNorm twice, as the CALR
-    code does by running the backbone twice per call (see :func:`repeated_batchnorm_updates`);
-    IGNORE's code runs it once.
+    ``reference=True`` runs the public code's rule: the masked pass with autograd and with BatchNorm
+    folding the masked batch into its running statistics (slower, and it lets x^M shift the statistics
+    used at test time), running averages without bias correction, one global gap threshold.
+
+    Without ``reference``, every option left at None takes the value in ``CALR_DEFAULTS``, the
+    defaults that won the method benchmark (README, "Method benchmark"):
+
+    - ``bias_correction``: divide the running averages by ``1 - m**t``. Uncorrected, they start at 0
+      and hold ``1 - m**t`` of their value (7% after 76 steps at m = 0.999), so a short warm-up
+      leaves T_gap near 0 and A_c near 0 and the rule rejects far too much.
+    - ``masked_bn``: BatchNorm in the masked pass, see :func:`masked_pass_batchnorm`.
+    - ``per_class_gap``: one gap threshold per class instead of one for all.
+    - ``warmup_steps``: when given, rejection starts after this many training steps of this
+      objective instead of after ``warmup_epochs`` epochs.
+    - ``batchnorm_passes=2`` folds every batch of every model call into BatchNorm twice, as the CALR
+      code does by running the backbone twice per call (see :func:`repeated_batchnorm_updates`);
+      IGNORE's code runs it once.
     """
 
     name = "calr"
@@ -337,18 +388,32 @@ class CALR(Objective):
 
     def __init__(self, num_classes: int, cam_threshold: float = 0.5, cam_norm: CamNorm = "image",
                  warmup_epochs: int = 3, weights: tuple[float, float, float] = (0.5, 1.0, 0.5),
-                 momentum: float = 0.999, bias_correction: bool = False, reference: bool = False,
+                 momentum: float = 0.999, bias_correction: bool | None = None, reference: bool = False,
+                 masked_bn: str | None = None, per_class_gap: bool | None = None, warmup_steps: int | None = None,
                  batchnorm_passes: int = 1):
         super().__init__()
+        chosen = REFERENCE_OPTIONS if reference else CALR_DEFAULTS
+        if reference and masked_bn not in (None, "update"):
+            raise ValueError(f"reference CALR updates BatchNorm in the masked pass; masked_bn={masked_bn!r} "
+                             "contradicts it")
         if batchnorm_passes < 1:
             raise ValueError(f"batchnorm_passes must be at least 1, got {batchnorm_passes}")
         self.batchnorm_passes = batchnorm_passes
         self.cam_threshold = cam_threshold
         self.cam_norm = cam_norm
         self.warmup_epochs = warmup_epochs
+        if warmup_steps is not None and warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
         self.weights = tuple(weights)
         self.reference = reference
-        self.thresholds = RunningThresholds(num_classes, momentum, bias_correction)
+        self.masked_bn = chosen["masked_bn"] if masked_bn is None else masked_bn
+        if self.masked_bn not in MASKED_BATCHNORM_MODES:
+            raise ValueError(f"unknown masked_bn {self.masked_bn!r}; choose one of {', '.join(MASKED_BATCHNORM_MODES)}")
+        self.thresholds = RunningThresholds(
+            num_classes, momentum, chosen["bias_correction"] if bias_correction is None else bias_correction,
+            per_class_gap=chosen["per_class_gap"] if per_class_gap is None else per_class_gap)
+        self._rejecting = False
 
     def get_extra_state(self) -> dict[str, Any]:
         return self.thresholds.state_dict()
@@ -365,8 +430,23 @@ class CALR(Objective):
             masked_images = apply_masks(images, masks)
         if self.reference:
             return model(masked_images).logits.detach()
-        with torch.no_grad(), frozen_batchnorm_statistics(model):
+        with torch.no_grad(), masked_pass_batchnorm(model, self.masked_bn):
             return model(masked_images).logits
+
+    def rejection_active(self, epoch: int) -> bool:
+        """Whether the rule rejects in this step (called after the step's threshold update)."""
+        if self.warmup_steps is not None:
+            return self.thresholds.steps > self.warmup_steps
+        return epoch > self.warmup_epochs
+
+    def _warn_if_unsettled(self) -> None:
+        held = self.thresholds.settled_fraction
+        if held < 0.5:
+            log.warning(
+                "CALR starts rejecting after %d steps while its running averages hold only %.0f%% of their "
+                "value (momentum %g, no bias correction): T_gap and A_c are near 0 and the rule will reject "
+                "far too much. Use loss_options {bias_correction: true} or a longer warm-up.",
+                self.thresholds.steps, 100 * held, self.thresholds.momentum)
 
     def step(self, model: nn.Module, batch: dict[str, Tensor], epoch: int) -> StepResult:
         spml_model: SPMLModel = getattr(model, "module", model)  # unwrap DistributedDataParallel
@@ -378,9 +458,12 @@ class CALR(Objective):
         logits = output.logits
         detached = logits.detach()
         self.thresholds.to(detached.device).update(detached, masked, observed)
-        if epoch <= self.warmup_epochs:
+        if not self.rejection_active(epoch):
             rejected = torch.zeros_like(observed, dtype=torch.bool)
         else:
+            if not self._rejecting:
+                self._rejecting = True
+                self._warn_if_unsettled()
             rejected = rejection_mask(detached, masked, observed, self.thresholds.gap_threshold_tensor,
                                       self.thresholds.class_average)
         loss, parts = calr_loss(logits, strong_logits, observed, rejected, self.weights)

@@ -47,24 +47,32 @@ class RunningThresholds:
     does. A step whose batch has no observed positive leaves T_gap unchanged (the reference would
     average an empty set and turn it into NaN for good). Under torch.distributed the batch averages
     are taken over the global batch, so every rank holds the same thresholds.
+
+    ``per_class_gap=True`` keeps one gap threshold per class, averaged over that class's observed
+    positives only (a class absent from a batch keeps its value); ``gap_threshold_tensor`` is then a
+    (C,) tensor and ``gap_threshold`` its mean.
     """
 
     def __init__(self, num_classes: int, momentum: float = 0.999, bias_correction: bool = False,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, per_class_gap: bool = False):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.num_classes = num_classes
         self.momentum = momentum
         self.bias_correction = bias_correction
-        self._gap = torch.zeros((), device=device)
+        self.per_class_gap = per_class_gap
+        gap_shape = (num_classes,) if per_class_gap else ()
+        self._gap = torch.zeros(gap_shape, device=device)
         self._class_average = torch.zeros(num_classes, device=device)
-        self._gap_steps = torch.zeros((), device=device)
+        self._gap_steps = torch.zeros(gap_shape, device=device)
         self._average_steps = torch.zeros((), device=device)
 
     @torch.no_grad()
     def update(self, logits: Tensor, masked_logits: Tensor, observed: Tensor) -> RunningThresholds:
         positives = observed == 1
         gaps = logit_gap(logits.float(), masked_logits.float())
+        if self.per_class_gap:
+            return self._update_per_class(logits, gaps, positives)
         # One vector for one all-reduce: [gap sum, positive count, logit sums (C), image count].
         stats = torch.cat([
             (gaps * positives).sum()[None],
@@ -84,6 +92,43 @@ class RunningThresholds:
         self._average_steps = self._average_steps + 1
         return self
 
+    def _update_per_class(self, logits: Tensor, gaps: Tensor, positives: Tensor) -> RunningThresholds:
+        # One vector for one all-reduce: [gap sums (C), positive counts (C), logit sums (C), image count].
+        stats = torch.cat([
+            (gaps * positives).sum(dim=0),
+            positives.sum(dim=0).float(),
+            logits.float().sum(dim=0),
+            torch.tensor([float(logits.shape[0])], device=logits.device),
+        ]).to(self._gap.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stats)
+        c = self.num_classes
+        gap_sums, positive_counts, logit_sums, image_count = stats[:c], stats[c:2 * c], stats[2 * c:3 * c], stats[-1]
+        has_positive = positive_counts > 0
+        m = self.momentum
+        batch_gap = gap_sums / positive_counts.clamp_min(1.0)
+        self._gap = torch.where(has_positive, m * self._gap + (1 - m) * batch_gap, self._gap)
+        self._gap_steps = self._gap_steps + has_positive.float()
+        self._class_average = m * self._class_average + (1 - m) * logit_sums / image_count
+        self._average_steps = self._average_steps + 1
+        return self
+
+    @property
+    def steps(self) -> int:
+        """Updates so far (every training step makes one)."""
+        return int(self._average_steps)
+
+    @property
+    def settled_fraction(self) -> float:
+        """How much of its settled value the smaller of T_gap and A_c holds in the rule now.
+
+        An uncorrected average started at 0 holds ``1 - m**t`` of it after t updates (0.07 after 76
+        steps at m = 0.999); a bias-corrected one holds all of it from the first update on."""
+        if self.bias_correction:
+            return 1.0 if self.steps > 0 else 0.0
+        gap_steps = float(self._gap_steps.min())  # per-class gaps: the class seen least
+        return float(1 - self.momentum ** min(gap_steps, float(self._average_steps)))
+
     def _corrected(self, value: Tensor, steps: Tensor) -> Tensor:
         if not self.bias_correction:
             return value
@@ -96,7 +141,22 @@ class RunningThresholds:
 
     @property
     def gap_threshold(self) -> float:
-        return float(self.gap_threshold_tensor)
+        """T_gap (with per-class gaps: their mean, a summary for display)."""
+        return float(self.gap_threshold_tensor.mean())
+
+    @property
+    def settled_gap_threshold(self) -> float:
+        """T_gap as its settled (bias-corrected) estimate, whatever the rule uses: a diagnostic."""
+        steps = self._gap_steps
+        value = torch.where(steps > 0, self._gap / (1 - self.momentum ** steps), self._gap)
+        return float(value.mean())
+
+    @property
+    def settled_class_average(self) -> Tensor:
+        """A_c as its settled (bias-corrected) estimate, whatever the rule uses: a diagnostic."""
+        if self.steps == 0:
+            return self._class_average
+        return self._class_average / (1 - self.momentum ** self._average_steps)
 
     @property
     def class_average(self) -> Tensor:
@@ -108,33 +168,43 @@ class RunningThresholds:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain numbers only, so that the state fits in config.json as well as a resume file."""
-        return {
+        """Plain numbers only, so that the state fits in config.json as well as a resume file.
+
+        With per-class gaps, ``raw_gap`` and ``gap_steps`` are lists, ``gap_thresholds`` holds each
+        class's T_gap and ``gap_threshold`` their mean."""
+        state: dict[str, Any] = {
             "num_classes": self.num_classes,
             "momentum": self.momentum,
             "bias_correction": self.bias_correction,
-            "raw_gap": float(self._gap),
+            "raw_gap": self._gap.tolist(),
             "raw_class_average": [float(v) for v in self._class_average.cpu()],
-            "gap_steps": int(self._gap_steps),
+            "gap_steps": [int(v) for v in self._gap_steps.cpu()] if self.per_class_gap else int(self._gap_steps),
             "average_steps": int(self._average_steps),
             "gap_threshold": self.gap_threshold,
             "class_average": [float(v) for v in self.class_average.cpu()],
         }
+        if self.per_class_gap:
+            state["per_class_gap"] = True
+            state["gap_thresholds"] = self.gap_threshold_tensor.tolist()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> RunningThresholds:
         if len(state["raw_class_average"]) != self.num_classes:
             raise ValueError(
                 f"thresholds for {len(state['raw_class_average'])} classes cannot load into {self.num_classes}")
+        if bool(state.get("per_class_gap", False)) != self.per_class_gap:
+            raise ValueError("per-class gap thresholds cannot load into global ones, nor the other way round")
         device = self._gap.device
         self.momentum = float(state["momentum"])
         self.bias_correction = bool(state["bias_correction"])
-        self._gap = torch.tensor(float(state["raw_gap"]), device=device)
+        self._gap = torch.tensor(state["raw_gap"], dtype=torch.float32, device=device)
         self._class_average = torch.tensor(state["raw_class_average"], dtype=torch.float32, device=device)
-        self._gap_steps = torch.tensor(float(state["gap_steps"]), device=device)
+        self._gap_steps = torch.tensor(state["gap_steps"], dtype=torch.float32, device=device)
         self._average_steps = torch.tensor(float(state["average_steps"]), device=device)
         return self
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device | str | None = None) -> RunningThresholds:
-        thresholds = cls(int(state["num_classes"]), float(state["momentum"]), bool(state["bias_correction"]), device)
+        thresholds = cls(int(state["num_classes"]), float(state["momentum"]), bool(state["bias_correction"]), device,
+                         per_class_gap=bool(state.get("per_class_gap", False)))
         return thresholds.load_state_dict(state)

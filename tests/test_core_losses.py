@@ -446,7 +446,7 @@ def _state(gap: float, average: float, steps: int = 1) -> dict:
 
 def test_calr_thresholds_update_every_step_including_warm_up():
     model, batch = _tiny_model(), _batch()
-    objective = CALR(NUM_CLASSES, warmup_epochs=3)
+    objective = CALR(NUM_CLASSES, warmup_epochs=3, bias_correction=False)
     recorder = _Recorder(model)
     gap, average = 0.0, [0.0] * NUM_CLASSES
     positives = [(0, 0), (1, 1), (3, 2)]
@@ -466,7 +466,7 @@ def test_calr_thresholds_update_every_step_including_warm_up():
 
 def test_calr_rejects_nothing_during_warm_up_and_only_unknown_entries_after():
     model, batch = _tiny_model(), _batch()
-    objective = CALR(NUM_CLASSES, warmup_epochs=3)
+    objective = CALR(NUM_CLASSES, warmup_epochs=3, bias_correction=False)
     objective.set_extra_state(_state(-1e6, -1e6))  # thresholds that every unknown entry passes
     result = objective.step(model, batch, epoch=3)
     assert not result.rejected.any()
@@ -535,7 +535,7 @@ def test_calr_step_masks_to_the_union_of_the_observed_positives():
     model, batch = _tiny_model(), _batch()
     batch["observed"] = torch.tensor([[1, 0, 1], [0, 1, -1], [0, 0, 0], [1, 1, 1]])
     recorder = _Recorder(model)
-    objective = CALR(NUM_CLASSES, cam_threshold=0.5)
+    objective = CALR(NUM_CLASSES, cam_threshold=0.5, bias_correction=False)
     objective.step(model, batch, epoch=1)
     weak, masked = recorder.calls[0]["input"], recorder.calls[2]["input"]
     output = recorder.calls[0]["output"]

@@ -154,3 +154,60 @@ def test_make_dataset_refuses_another_data_set_before_rendering(tmp_path):
     assert (out / "images/train/000000.png").read_bytes() == before
     with pytest.raises(ValueError):
         make_synthetic_dataset(tmp_path / "c", train=0, progress=False)
+
+
+def _scenes_digest(seed, split_counts, image_size=128, world=None):
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split, count in split_counts:
+        for index in range(count):
+            kwargs = {} if world is None else {"world": world}
+            image, labels, objects = render_scene(seed, split, index, image_size, **kwargs)
+            digest.update(image.tobytes())
+            digest.update(repr((labels, objects)).encode())
+    return digest.hexdigest()
+
+
+def test_default_world_is_byte_identical_to_the_world_before_parameters():
+    # Digests of the scenes rendered by the generator before World existed (commit d52f761): the demo
+    # checkpoint and every measured figure depend on these exact pixels and labels.
+    from spml.data.synthetic import DEFAULT_WORLD, World
+
+    assert DEFAULT_WORLD == World() and DEFAULT_WORLD.class_names == SYNTHETIC_CLASSES
+    for world in (None, World()):
+        assert _scenes_digest(0, [("train", 12), ("val", 12), ("test", 12)], world=world) == (
+            "ab23497041a34ce03ee6ff6e4a6bc39595019d2024c91fd44b9a394170202512")
+        assert _scenes_digest(7, [("train", 6)], image_size=64, world=world) == (
+            "65cb2b5ec4eb887d41cf2b6edd9b42ed71da2912d36af088e679c1f7bfe94fb7")
+
+
+def test_world_parameters_change_classes_objects_size_and_clutter():
+    from spml.data.synthetic import World
+
+    many = World(classes=20, object_counts=(3, 4, 5, 6), object_count_p=None)
+    assert len(set(many.class_names)) == 20
+    hues = sorted(hue for _, hue, _ in many.class_table)
+    assert min(np.diff(hues)) > 2 * HUE_JITTER
+    counts = [len(render_scene(0, "train", i, 64, many)[2]) for i in range(40)]
+    assert np.mean(counts) > 3.0 and all(1 <= c <= 6 for c in counts)
+    assert all(set(render_scene(0, "train", i, 64, many)[1]) <= set(many.class_names) for i in range(10))
+    few = World(classes=6)
+    assert few.class_names == SYNTHETIC_CLASSES[:6]
+    assert all(set(render_scene(1, "val", i, 64, few)[1]) <= set(few.class_names) for i in range(20))
+
+    def box_side(world):
+        boxes = [box for i in range(30) for _, box in render_scene(2, "test", i, 128, world)[2]]
+        sides = [max(x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes]
+        return np.mean(sides)
+
+    assert box_side(World(radius_range=(0.06, 0.09))) < 0.6 * box_side(World())
+    def pixels(clutter):
+        world = World(clutter=clutter, object_counts=(1,), object_count_p=None)
+        return np.asarray(render_scene(3, "train", 0, 64, world)[0]).astype(float)
+
+    plain, busy = pixels(0.0), pixels(3.0)
+    # Without clutter the background is a smooth gradient: far smaller pixel-to-pixel differences.
+    assert np.abs(np.diff(plain, axis=1)).mean() < np.abs(np.diff(busy, axis=1)).mean()
+    with pytest.raises(ValueError, match="classes"):
+        World(classes=21)

@@ -1,4 +1,4 @@
-"""``python -m train {prepare,fit,evaluate,bench,push}``: the training side of the project."""
+"""``python -m train {prepare,fit,evaluate,bench,bench-method,push}``: the training side of the project."""
 
 from __future__ import annotations
 
@@ -133,6 +133,13 @@ def _add_bench_cleanlab(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_bench_cleanlab)
 
 
+def _add_bench_method(subparsers: argparse._SubParsersAction) -> None:
+    from train.bench_method import add_bench_method_arguments
+
+    parser = subparsers.add_parser("bench-method", help="test mAP of full, AN, LL-R and CALR on synthetic worlds")
+    add_bench_method_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_push(subparsers)
     _add_bench(subparsers)
     _add_bench_cleanlab(subparsers)
+    _add_bench_method(subparsers)
     return parser
 
 

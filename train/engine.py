@@ -303,6 +303,27 @@ def _thresholds_of(objective: Objective):
     return objective.thresholds if isinstance(objective, CALR) else None
 
 
+def rejection_diagnostics(objective: Objective, stats: EpochStats, train_split: Split | None) -> dict[str, Any]:
+    """CALR's metrics.csv columns that tell early whether the rule misbehaves (empty for other losses).
+
+    ``rejection_recall``: rejected real labels over the hidden positives of ``train_split``, which the
+    epoch saw in full (None without the split or its full labels); ``averages_held``: the share of
+    their settled value that T_gap and A_c hold in the rule (1 - m^t without bias correction:
+    rejecting while it is small rejects nearly everything); the ``*_settled`` columns are the
+    bias-corrected values the averages are heading for."""
+    thresholds = _thresholds_of(objective)
+    if thresholds is None:
+        return {}
+    recall = None
+    if train_split is not None and train_split.has_hidden_labels and stats.rejected_true is not None:
+        hidden = int(((train_split.observed == 0) & (train_split.labels > 0)).sum())
+        recall = round(stats.rejected_true / hidden, 4) if hidden else None
+    return {"rejection_recall": recall, "averages_held": round(thresholds.settled_fraction, 4),
+            "gap_threshold_settled": round(thresholds.settled_gap_threshold, 6),
+            "class_average_mean": round(float(thresholds.class_average.mean()), 6),
+            "class_average_settled_mean": round(float(thresholds.settled_class_average.mean()), 6)}
+
+
 def fit(config: TrainConfig) -> dict[str, Any]:
     """Train, select by clean-validation mAP, test the best model; resume from ``config.out``."""
     device = resolve_device(config.device)
@@ -400,6 +421,7 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
                else round(stats.rejection_precision, 4),
                "rejected_fraction_of_unknown": round(stats.rejected / max(stats.unknown_entries, 1), 6),
                "gap_threshold": None if thresholds is None else round(thresholds.gap_threshold, 6),
+               **rejection_diagnostics(objective, stats, None if config.max_steps_per_epoch else train_split),
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 2),
                "images_per_s": round(stats.images / max(stats.seconds, 1e-9), 2)}
         state.history.append(row)

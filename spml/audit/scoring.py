@@ -30,9 +30,10 @@ box of the mask the masked pass used. Both are given in the image file's own pix
 input size scaled outwards to whole pixels), right/bottom exclusive, "x0 y0 x1 y1" in the report, and
 empty where the region is empty (a flat map) or, for ``positive_box``, where no positive is annotated.
 
-CAM normalisation is per image whatever the checkpoint says: in the ``reference`` mode an image's mask
-depends on the other images of its batch, and an audit must give an image the same verdict whatever
-batch or shard it lands in (and the review, which recomputes one image, the same numbers).
+CAM normalisation is per image whatever the checkpoint says: in the batch-wise modes (``calr``,
+``ignore``) an image's mask depends on the other images of its batch, and an audit must give an
+image the same verdict whatever batch or shard it lands in (and the review, which recomputes one
+image, the same numbers).
 
 :func:`candidate_values` is THE function that turns a batch's evidence into one report row's numbers:
 the report writes its result and :func:`suspect_evidence` (the review and the gallery) returns it.

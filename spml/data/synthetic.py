@@ -10,6 +10,10 @@ confusable with one.
 
 Every scene is rendered from its own generator seeded by (seed, split, index), so any image can be
 re-rendered alone, and the same seed always gives the same bytes.
+
+A :class:`World` varies what matters to the method (number of classes, objects per scene, object size,
+clutter); ``World()`` is the default world, whose scenes are byte-identical to those rendered before
+worlds had parameters (the demo and its results depend on them).
 """
 
 from __future__ import annotations
@@ -52,6 +56,56 @@ OBJECT_COUNTS = (1, 2, 3, 4)
 OBJECT_COUNT_P = (0.15, 0.35, 0.35, 0.15)  # mean 2.5 objects per scene
 RADIUS_RANGE = (0.11, 0.19)  # object half-size, as a fraction of the image side
 MIN_SEPARATION = 0.95  # centres at least this times the sum of radii apart: at most a sliver of overlap
+MAX_CLASSES = 20  # beyond 10, hue bands 18 degrees apart: still twice the jitter band, and shapes alternate
+
+
+@dataclass(frozen=True)
+class World:
+    """The parameters of a synthetic world; the defaults are the world the demo was trained on.
+
+    - ``classes``: up to 10 take the first entries of the class table; 11 to 20 reuse the ten shapes,
+      each twice, with hue bands spread evenly so that neighbouring hues carry different shapes.
+    - ``object_counts`` / ``object_count_p``: how many objects a scene asks for (None: uniform).
+    - ``radius_range``: object half-size as a fraction of the image side.
+    - ``clutter``: multiplies the number of background strokes and blobs (0: a plain gradient).
+    """
+
+    classes: int = 10
+    object_counts: tuple[int, ...] = OBJECT_COUNTS
+    object_count_p: tuple[float, ...] | None = OBJECT_COUNT_P
+    radius_range: tuple[float, float] = RADIUS_RANGE
+    clutter: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.classes <= MAX_CLASSES:
+            raise ValueError(f"a world has 2 to {MAX_CLASSES} classes, got {self.classes}")
+        if not self.object_counts or min(self.object_counts) < 1:
+            raise ValueError(f"object_counts must be counts of at least 1, got {self.object_counts}")
+        if self.object_count_p is not None and len(self.object_count_p) != len(self.object_counts):
+            raise ValueError("object_count_p needs one probability per entry of object_counts")
+        low, high = self.radius_range
+        if not 0.02 <= low <= high <= 0.4:
+            raise ValueError(f"radius_range must satisfy 0.02 <= low <= high <= 0.4, got {self.radius_range}")
+        if self.clutter < 0:
+            raise ValueError(f"clutter must be >= 0, got {self.clutter}")
+
+    @property
+    def class_table(self) -> list[tuple[str, float, str]]:
+        """(name, hue band centre in degrees, shape) of every class, in class order."""
+        table = [(name, hue, shape) for name, (hue, shape) in _CLASS_TABLE.items()]
+        if self.classes <= len(table):
+            return table[: self.classes]
+        shapes = [shape for _, _, shape in table]
+        step = 360.0 / self.classes
+        return [(f"{shapes[i % len(shapes)]}{i // len(shapes) + 1}", i * step, shapes[i % len(shapes)])
+                for i in range(self.classes)]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [name for name, _, _ in self.class_table]
+
+
+DEFAULT_WORLD = World()
 
 
 def _circle(n: int = 48, radius: float = 1.0, cx: float = 0.0) -> np.ndarray:
@@ -101,6 +155,7 @@ _SHAPES: dict[str, list[tuple[np.ndarray, bool]]] = {
 @dataclass(frozen=True)
 class _Object:
     cls: int
+    shape: str
     cx: float  # centre and radius as fractions of the image side
     cy: float
     radius: float
@@ -119,30 +174,38 @@ def _hsv(h_deg: float, s: float, v: float) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def _layout(rng: np.random.Generator) -> list[_Object]:
+def _layout(rng: np.random.Generator, world: World) -> list[_Object]:
     """Choose the objects of a scene: distinct classes, placed apart. Drawn first from the generator."""
-    count = int(rng.choice(OBJECT_COUNTS, p=OBJECT_COUNT_P))
-    classes = rng.choice(len(SYNTHETIC_CLASSES), size=count, replace=False)
+    table = world.class_table
+    p = None if world.object_count_p is None else list(world.object_count_p)
+    count = min(int(rng.choice(world.object_counts, p=p)), world.classes)
+    classes = rng.choice(world.classes, size=count, replace=False)
     objects: list[_Object] = []
     for cls in classes:
-        hue = _CLASS_TABLE[SYNTHETIC_CLASSES[cls]][0] + rng.uniform(-HUE_JITTER, HUE_JITTER)
+        _, centre, shape = table[cls]
+        hue = centre + rng.uniform(-HUE_JITTER, HUE_JITTER)
         rgb = _hsv(hue, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0))
         aspect = (float(rng.uniform(0.85, 1.15)), float(rng.uniform(0.85, 1.15)))
         angle = float(rng.uniform(0.0, 2.0 * np.pi))
         for _ in range(60):  # rejection sampling of a free place; an object that finds none is dropped
-            radius = float(rng.uniform(*RADIUS_RANGE))
+            radius = float(rng.uniform(*world.radius_range))
             reach = radius * max(aspect)
             cx, cy = rng.uniform(reach, 1.0 - reach, size=2)
             if all(
                 np.hypot(cx - o.cx, cy - o.cy) >= MIN_SEPARATION * (reach + o.radius * max(o.aspect))
                 for o in objects
             ):
-                objects.append(_Object(int(cls), float(cx), float(cy), radius, angle, aspect, rgb))
+                objects.append(_Object(int(cls), shape, float(cx), float(cy), radius, angle, aspect, rgb))
                 break
     return objects
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _clutter_count(rng: np.random.Generator, low: int, high: int, clutter: float) -> int:
+    """A count in [low, high) scaled by ``clutter``; at 1.0 exactly the draw of the default world."""
+    return int(rng.integers(round(low * clutter), max(1, round(high * clutter))))
+
+
+def _background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> np.ndarray:
     """A low-saturation gradient with thin strokes and small blobs."""
     c0 = np.array(_hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.18), rng.uniform(0.3, 0.9)), np.float32)
     c1 = np.array(_hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.18), rng.uniform(0.3, 0.9)), np.float32)
@@ -152,7 +215,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     # No per-pixel grain: it would triple the PNG size (about 12 kB a scene at 128 px without it).
     image = np.clip(c0 + (c1 - c0) * t[..., None], 0, 255).astype(np.uint8)
     scale = size / 128.0
-    for _ in range(int(rng.integers(14, 28))):
+    for _ in range(_clutter_count(rng, 14, 28, clutter)):
         colour = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.2), rng.uniform(0.15, 1.0))
         # A short polyline: a random start, then steps of up to a third of the image.
         steps = rng.uniform(-0.33, 0.33, size=(int(rng.integers(2, 5)), 2))
@@ -160,7 +223,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         points = (np.cumsum(steps, axis=0) * size).astype(np.int32)
         thickness = max(1, round(rng.uniform(0.8, 2.2) * scale))
         cv2.polylines(image, [points], False, colour, thickness, cv2.LINE_AA)
-    for _ in range(int(rng.integers(5, 16))):
+    for _ in range(_clutter_count(rng, 5, 16, clutter)):
         colour = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.2), rng.uniform(0.15, 1.0))
         centre = (int(rng.uniform(0, size)), int(rng.uniform(0, size)))
         axes = (max(1, round(rng.uniform(1.5, 5.0) * scale)), max(1, round(rng.uniform(1.5, 5.0) * scale)))
@@ -172,7 +235,7 @@ def _object_mask(obj: _Object, size: int) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
     cos, sin = np.cos(obj.angle), np.sin(obj.angle)
     rotation = np.array([[cos, -sin], [sin, cos]])
-    for contour, filled in _SHAPES[SYNTHETIC_CLASSES[obj.cls]]:
+    for contour, filled in _SHAPES[obj.shape]:
         points = (contour * np.array(obj.aspect)) @ rotation.T * (obj.radius * size)
         points += np.array([obj.cx, obj.cy]) * size
         # 4 bits of sub-pixel precision keep small shapes smooth.
@@ -182,7 +245,7 @@ def _object_mask(obj: _Object, size: int) -> np.ndarray:
 
 
 def render_scene(
-    seed: int, split: str, index: int, image_size: int = 128
+    seed: int, split: str, index: int, image_size: int = 128, world: World = DEFAULT_WORLD
 ) -> tuple[Image.Image, list[str], list[tuple[str, Box]]]:
     """Render scene ``index`` of ``split``: (RGB image, label names in class order, objects with boxes).
 
@@ -190,8 +253,9 @@ def render_scene(
     (pixels it covers by more than half). Objects are placed so that they overlap by a sliver at most.
     """
     rng = _rng(seed, split, index)
-    objects = _layout(rng)
-    image = _background(rng, image_size).astype(np.float32)
+    objects = _layout(rng, world)
+    image = _background(rng, image_size, world.clutter).astype(np.float32)
+    names = world.class_names
     found: list[tuple[str, Box]] = []
     for obj in objects:
         mask = _object_mask(obj, image_size)
@@ -201,16 +265,16 @@ def render_scene(
         if xs.size == 0:  # a shape thinner than a pixel at a tiny image size: take any coverage
             ys, xs = np.nonzero(mask)
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        found.append((SYNTHETIC_CLASSES[obj.cls], box))
+        found.append((names[obj.cls], box))
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    labels = [name for name in SYNTHETIC_CLASSES if any(name == n for n, _ in found)]
+    labels = [name for name in names if any(name == n for n, _ in found)]
     return Image.fromarray(pixels, mode="RGB"), labels, found
 
 
-def _scene_labels(seed: int, split: str, index: int) -> list[str]:
+def _scene_labels(seed: int, split: str, index: int, world: World = DEFAULT_WORLD) -> list[str]:
     """The labels of a scene without rendering it: the layout comes first in the scene's generator."""
-    present = {obj.cls for obj in _layout(_rng(seed, split, index))}
-    return [name for i, name in enumerate(SYNTHETIC_CLASSES) if i in present]
+    present = {obj.cls for obj in _layout(_rng(seed, split, index), world)}
+    return [name for i, name in enumerate(world.class_names) if i in present]
 
 
 def _single_positive_rows(rows: list[Row], classes: list[str]) -> list[Row]:
@@ -252,6 +316,7 @@ def make_synthetic_dataset(
     progress: bool = True,
     overwrite: bool = False,
     partial: float | None = None,
+    world: World = DEFAULT_WORLD,
 ) -> Path:
     """Write a synthetic data set in the generic format: PNGs under ``out/images/<split>/`` and CSVs.
 
@@ -275,14 +340,14 @@ def make_synthetic_dataset(
         raise ValueError(f"the partial keep probability must be in (0, 1], got {partial}")
     full = {
         split: [
-            Row(image=f"images/{split}/{index:06d}.png", labels=_scene_labels(seed, split, index))
+            Row(image=f"images/{split}/{index:06d}.png", labels=_scene_labels(seed, split, index, world))
             for index in range(count)
         ]
         for split, count in sizes.items()
         if count > 0
     }
     if partial is None:
-        splits = {split: _single_positive_rows(rows, SYNTHETIC_CLASSES) for split, rows in full.items()}
+        splits = {split: _single_positive_rows(rows, world.class_names) for split, rows in full.items()}
     else:
         splits = {
             split: [
@@ -293,19 +358,19 @@ def make_synthetic_dataset(
             for split, rows in full.items()
         }
     # Check before rendering: a refused run must not have overwritten the images of another data set.
-    check_writable(out, render_dataset(SYNTHETIC_CLASSES, splits), overwrite)
+    check_writable(out, render_dataset(world.class_names, splits), overwrite)
     total = sum(len(rows) for rows in splits.values())
     with tqdm(total=total, desc="rendering synthetic scenes", unit="img", disable=not progress) as bar:
         for split, rows in splits.items():
             folder = out / "images" / split
             folder.mkdir(parents=True, exist_ok=True)
             for index, row in enumerate(rows):
-                image, labels, _ = render_scene(seed, split, index, image_size)
+                image, labels, _ = render_scene(seed, split, index, image_size, world)
                 if labels != row.labels:  # both come from _layout: a mismatch is a bug, never data
                     raise RuntimeError(f"scene {split}/{index}: rendered labels differ from the layout's")
                 image.save(out / row.image, format="PNG")
                 bar.update(1)
-    written = write_dataset(out, SYNTHETIC_CLASSES, splits, overwrite=overwrite)
+    written = write_dataset(out, world.class_names, splits, overwrite=overwrite)
     left_out = out / LEFT_OUT_FILE
     if partial is None:
         left_out.unlink(missing_ok=True)  # a stale list would score this world against another's labels

@@ -1,0 +1,74 @@
+"""``python -m train bench-method --quick``: every row of the table is there with finite numbers.
+
+The figures themselves (and the time a sweep takes) belong to the benchmark, not to a test."""
+
+import csv
+import json
+import math
+
+import numpy as np
+
+from train.__main__ import main
+from train.bench_method import DEFAULT_METHODS, QUICK_WORLDS, WORLDS, BenchWorld, observe
+
+
+def test_quick_sweep_writes_every_row_with_finite_numbers(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench-method", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["table"]) == set(QUICK_WORLDS)
+    for world, row in summary["table"].items():
+        assert set(row) == set(DEFAULT_METHODS), world
+        for method, entry in row.items():
+            assert math.isfinite(entry["mean"]) and math.isfinite(entry["sd"]) and entry["seeds"] == [0]
+            assert 0.0 < entry["mean"] <= 100.0, (world, method)
+        epochs = row["calr"]["rejection"]
+        assert [e["epoch"] for e in epochs] == list(range(1, QUICK_WORLDS[world].epochs + 1))
+        for e in epochs:
+            assert 0.0 <= e["recall"] <= 1.0 and 0.0 <= e["rejected_fraction_of_unknown"] <= 1.0
+            assert e["precision"] is None or 0.0 <= e["precision"] <= 1.0
+        # Warm-up epochs (3 by default) reject nothing.
+        assert all(e["precision"] is None and e["recall"] == 0.0 for e in epochs[:3])
+    margin = summary["margins_over_an"]["calr"]
+    assert set(margin["per_world"]) == set(QUICK_WORLDS) and math.isfinite(margin["mean"])
+    table = (out / "table.md").read_text()
+    assert table in printed
+    for world in QUICK_WORLDS:
+        assert sum(line.startswith(f"| {world} |") for line in table.splitlines()) == 2  # mAP and rejection
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(QUICK_WORLDS) * len(DEFAULT_METHODS)
+    assert all(math.isfinite(float(row["test_map"])) for row in rows)
+    # A second call finds every run done in runs.json and trains nothing.
+    runs = (out / "runs.json").read_text()
+    assert main(["bench-method", "--quick", "--out", str(out)]) == 0
+    assert (out / "runs.json").read_text() == runs
+    # --report-only trains nothing, even for a seed that has no run yet.
+    assert main(["bench-method", "--quick", "--out", str(out), "--seeds", "0,5", "--report-only"]) == 0
+    assert (out / "runs.json").read_text() == runs
+    assert json.loads((out / "summary.json").read_text())["table"] == summary["table"]
+
+
+def test_partial_labels_keep_a_subset_and_at_least_one():
+    spec = next(w for w in QUICK_WORLDS.values() if w.labels == "partial")
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 6)) < 0.4).astype(np.uint8)
+    labels[0] = 0  # an image without any label stays without
+    observed = observe(labels, spec, seed=3)
+    assert observed.dtype == np.int8 and set(np.unique(observed)) <= {0, 1}
+    assert not (observed > labels).any()  # only true labels are kept
+    has_label = labels.any(axis=1)
+    assert observed[has_label].any(axis=1).all() and not observed[0].any()
+    kept = observed.sum() / labels.sum()
+    assert 0.4 < kept < 0.75  # p = 0.5, plus the images whose draw kept nothing
+    assert np.array_equal(observed, observe(labels, spec, seed=3))
+    single = observe(labels, BenchWorld("s", spec.world, 1, 1, 1, 1), seed=3)
+    assert (single.sum(axis=1) == has_label).all()
+
+
+def test_default_sweep_spans_the_issue_range():
+    steps = [w.steps_per_epoch for w in WORLDS.values()]
+    classes = [w.world.classes for w in WORLDS.values()]
+    assert min(steps) == 20 and max(steps) == 150 and min(classes) == 6 and max(classes) == 20
+    assert {w.labels for w in WORLDS.values()} == {"single", "partial"}

@@ -1,0 +1,234 @@
+"""CALR's options and the defaults a user gets without a recipe, pinned on fixed batches.
+
+Expected values are worked out by hand from the definitions (method.md section 2.4 and 2.5), never by
+calling the code under test.
+"""
+
+import copy
+import logging
+import math
+
+import pytest
+import torch
+
+from spml.losses import CALR, CALR_DEFAULTS, REFERENCE_OPTIONS, create_objective
+from spml.model import create_model
+from spml.rejection import RunningThresholds, rejection_mask
+
+NUM_CLASSES = 3
+
+
+def _model(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("compact", NUM_CLASSES, width=8).train()
+
+
+def _batch(seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(4, 3, 32, 32, generator=generator)
+    observed = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1]])
+    labels = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 1], [0, 0, 1]])
+    return {"image": images, "strong": images.flip(-1), "observed": observed, "labels": labels,
+            "index": torch.arange(4)}
+
+
+def _bn_buffers(model):
+    return {name: value.clone() for name, value in model.state_dict().items()
+            if "running" in name or "num_batches_tracked" in name}
+
+
+def test_defaults_without_a_recipe_and_reference_options():
+    ours = create_objective("calr", NUM_CLASSES)
+    assert ours.thresholds.bias_correction is CALR_DEFAULTS["bias_correction"] is True
+    assert ours.masked_bn == CALR_DEFAULTS["masked_bn"] == "batch"
+    assert ours.thresholds.per_class_gap is CALR_DEFAULTS["per_class_gap"] is False
+    assert ours.warmup_epochs == 3 and ours.warmup_steps is None and ours.cam_threshold == 0.5
+    reference = CALR(NUM_CLASSES, reference=True)
+    assert REFERENCE_OPTIONS == {"bias_correction": False, "masked_bn": "update", "per_class_gap": False}
+    assert not reference.thresholds.bias_correction and reference.masked_bn == "update"
+    assert not reference.thresholds.per_class_gap and reference.thresholds.momentum == 0.999
+    # An explicit option always wins over the defaults.
+    assert not CALR(NUM_CLASSES, bias_correction=False).thresholds.bias_correction
+    with pytest.raises(ValueError, match="reference CALR updates BatchNorm"):
+        CALR(NUM_CLASSES, reference=True, masked_bn="eval")
+    with pytest.raises(ValueError, match="unknown masked_bn"):
+        CALR(NUM_CLASSES, masked_bn="frozen")
+
+
+def test_default_thresholds_after_three_steps_are_bias_corrected():
+    """Three fixed batches through the default objective's thresholds, m = 0.999, by hand."""
+    thresholds = create_objective("calr", NUM_CLASSES).thresholds
+    observed = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    batches = [  # (logits, masked logits)
+        (torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]]), torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])),
+        (torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]), torch.tensor([[0.0, 1.0, 1.0], [1.0, 2.0, 1.0]])),
+        (torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 2.0]]), torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 2.0]])),
+    ]
+    # Observed positives' gaps: (1 + 2) / 2 = 1.5, (1 + 1) / 2 = 1.0, (0 + 3) / 2 = 1.5.
+    batch_gaps = [1.5, 1.0, 1.5]
+    batch_means = [[1.0, 2.0, 0.0], [1.0, 1.0, 1.0], [2.0, 0.0, 1.0]]
+    m, gap, average = 0.999, 0.0, [0.0, 0.0, 0.0]
+    for step, ((logits, masked), batch_gap, means) in enumerate(zip(batches, batch_gaps, batch_means, strict=True), 1):
+        thresholds.update(logits, masked, observed)
+        gap = m * gap + (1 - m) * batch_gap
+        average = [m * a + (1 - m) * v for a, v in zip(average, means, strict=True)]
+        held = 1 - m**step
+        assert thresholds.gap_threshold == pytest.approx(gap / held, rel=1e-4)
+        assert thresholds.class_average.tolist() == pytest.approx([a / held for a in average], rel=1e-4)
+        assert thresholds.settled_fraction == 1.0
+    # After three steps the corrected T_gap is the weighted mean of the three batch gaps, near 4/3.
+    expected = (m**2 * 1.5 + m * 1.0 + 1.5) / (1 + m + m**2)
+    assert thresholds.gap_threshold == pytest.approx(expected, rel=1e-4)
+    assert thresholds.settled_gap_threshold == pytest.approx(expected, rel=1e-4)
+
+
+def test_settled_fraction_without_bias_correction_is_the_accumulated_weight():
+    thresholds = RunningThresholds(NUM_CLASSES, momentum=0.999)
+    assert thresholds.settled_fraction == 0.0
+    observed = torch.tensor([[1, 0, 0]])
+    for _ in range(76):  # two warm-up epochs of the issue's 38 steps
+        thresholds.update(torch.ones(1, 3), torch.zeros(1, 3), observed)
+    assert thresholds.settled_fraction == pytest.approx(1 - 0.999**76) and thresholds.settled_fraction < 0.08
+    # The uncorrected T_gap holds that share of its settled value (every batch gap is 1).
+    assert thresholds.gap_threshold == pytest.approx(1 - 0.999**76, rel=1e-4)
+    assert thresholds.settled_gap_threshold == pytest.approx(1.0, rel=1e-4)
+
+
+def test_per_class_gap_thresholds_by_hand_and_their_rejection_mask():
+    thresholds = RunningThresholds(NUM_CLASSES, momentum=0.5, per_class_gap=True)
+    logits = torch.tensor([[3.0, 2.0, 0.0], [1.0, 4.0, 0.0], [2.0, 0.0, 0.0]])
+    masked = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    observed = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 0]])
+    thresholds.update(logits, masked, observed)
+    # Class 0: positives in rows 0 and 2, gaps 2 and 0 -> 1.0, times (1 - m) = 0.5; class 1: row 1,
+    # gap 3 -> 1.5; class 2: no positive, stays 0.
+    assert thresholds.gap_threshold_tensor.tolist() == pytest.approx([0.5, 1.5, 0.0])
+    assert thresholds.gap_threshold == pytest.approx(2.0 / 3)
+    assert thresholds.class_average.tolist() == pytest.approx([1.0, 1.0, 0.0])
+    # Unknown entries: (0,1) gap 1 <= 1.5 kept; (0,2) gap 0; (1,0) gap 1 > 0.5 and logit 1 > A_0 = 1? no;
+    # (1,2) gap 0; (2,1) gap 0; (2,2) gap 0. Lower A_0 to 0.5 by hand and (1,0) goes.
+    mask = rejection_mask(logits, masked, observed, thresholds.gap_threshold_tensor, thresholds.class_average)
+    assert not mask.any()
+    mask = rejection_mask(logits, masked, observed, thresholds.gap_threshold_tensor, torch.tensor([0.5, 1.0, 0.0]))
+    assert mask.tolist() == [[False, False, False], [True, False, False], [False, False, False]]
+    # The same case with one global threshold (mean of the gaps 2, 3, 0 = 5/3, times 0.5 = 5/6):
+    # (0,1) gap 1 > 5/6 and logit 2 > A_1 = 1 -> rejected.
+    glob = RunningThresholds(NUM_CLASSES, momentum=0.5).update(logits, masked, observed)
+    assert glob.gap_threshold == pytest.approx(5 / 6)
+    mask = rejection_mask(logits, masked, observed, glob.gap_threshold_tensor, glob.class_average)
+    assert mask.tolist() == [[False, True, False], [False, False, False], [False, False, False]]
+
+
+def test_per_class_state_round_trip_and_mismatch_error():
+    thresholds = RunningThresholds(NUM_CLASSES, momentum=0.5, per_class_gap=True)
+    thresholds.update(torch.tensor([[3.0, 2.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[1, 0, 0]]))
+    state = thresholds.state_dict()
+    assert state["per_class_gap"] and state["gap_thresholds"] == pytest.approx([1.0, 0.0, 0.0])
+    again = RunningThresholds.from_state_dict(state)
+    assert torch.equal(again.gap_threshold_tensor, thresholds.gap_threshold_tensor)
+    with pytest.raises(ValueError, match="per-class gap thresholds"):
+        RunningThresholds(NUM_CLASSES).load_state_dict(state)
+
+
+@pytest.mark.parametrize("mode", ["batch", "eval", "update"])
+def test_masked_pass_batchnorm_modes(mode):
+    model, batch = _model(), _batch()
+    twin = copy.deepcopy(model)
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append((args[0].detach().clone(), output)))
+    CALR(NUM_CLASSES, masked_bn=mode).step(model, batch, epoch=1)
+    masked_images, masked_output = calls[2]
+    assert not masked_output.logits.requires_grad  # no autograd in any of our modes
+    twin(batch["image"])
+    twin(batch["strong"])
+    after_two = copy.deepcopy(twin)
+    if mode == "update":  # the reference's statistics: the masked batch folded in as a third pass
+        twin(masked_images)
+    expected, actual = _bn_buffers(twin), _bn_buffers(model)
+    for name in expected:
+        assert torch.allclose(actual[name], expected[name]), name
+    # What the masked pass normalised with: running statistics in eval mode, batch statistics otherwise.
+    after_two.eval() if mode == "eval" else after_two.train()
+    with torch.no_grad():
+        reproduced = after_two(masked_images).logits
+    assert torch.allclose(masked_output.logits, reproduced, atol=1e-5)
+
+
+def test_warmup_steps_replace_warmup_epochs():
+    model, batch = _model(), _batch()
+    objective = CALR(NUM_CLASSES, warmup_steps=2, warmup_epochs=100)
+    active = []
+    for _ in range(4):
+        objective.step(model, batch, epoch=1)
+        active.append(objective.rejection_active(epoch=1))
+    assert active == [False, False, True, True]  # checked after the update: steps 1, 2 wait, 3 on
+    assert [objective.rejection_active(e) for e in (3, 4)] == [True, True]
+    by_epochs = CALR(NUM_CLASSES, warmup_epochs=3)
+    assert [by_epochs.rejection_active(e) for e in (1, 3, 4)] == [False, False, True]
+
+
+def test_warning_when_rejection_starts_on_unsettled_averages(caplog):
+    model, batch = _model(), _batch()
+    unsettled = CALR(NUM_CLASSES, warmup_epochs=1, bias_correction=False)
+    with caplog.at_level(logging.WARNING, logger="spml.losses"):
+        unsettled.step(model, batch, epoch=1)  # warm-up: no rejection, no warning
+        assert not caplog.records
+        unsettled.step(model, batch, epoch=2)
+        unsettled.step(model, batch, epoch=2)  # warned once, when rejection starts
+    assert len(caplog.records) == 2 - 1
+    message = caplog.records[0].getMessage()
+    assert "after 2 steps" in message and "hold only 0% of their value" in message
+    assert "bias_correction" in message
+    caplog.clear()
+    settled = CALR(NUM_CLASSES, warmup_epochs=1)  # the default: bias-corrected, no warning
+    with caplog.at_level(logging.WARNING, logger="spml.losses"):
+        settled.step(model, batch, epoch=1)
+        settled.step(model, batch, epoch=2)
+    assert not caplog.records
+    assert math.isclose(settled.thresholds.settled_fraction, 1.0)
+
+
+def test_metrics_diagnostics_of_an_epoch():
+    from pathlib import Path
+
+    import numpy as np
+
+    from spml.data import Split
+    from spml.losses import AssumeNegative
+    from train.engine import EpochStats, rejection_diagnostics
+
+    labels = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0]], dtype=np.uint8)
+    observed = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]], dtype=np.int8)  # hidden positives: 2
+    split = Split("train", Path("-"), ["a", "b", "c"], [], [], labels, observed, True)
+    stats = EpochStats(loss=1.0, parts={}, images=3, seconds=1.0, rejected=3, rejected_true=1, unknown_entries=6)
+    objective = CALR(NUM_CLASSES, bias_correction=False, momentum=0.5)
+    for _ in range(2):  # every batch gap 2, logits 1: uncorrected values hold 1 - 0.5**2 = 3/4
+        objective.thresholds.update(torch.ones(3, 3), -torch.ones(3, 3), torch.tensor(observed))
+    row = rejection_diagnostics(objective, stats, split)
+    assert row == {"rejection_recall": 0.5, "averages_held": 0.75, "gap_threshold_settled": 2.0,
+                   "class_average_mean": 0.75, "class_average_settled_mean": 1.0}
+    assert rejection_diagnostics(objective, stats, None)["rejection_recall"] is None
+    assert rejection_diagnostics(AssumeNegative(), stats, split) == {}
+
+
+def test_default_step_rejects_against_the_batch_own_statistics_after_one_step():
+    """Bias-corrected averages after one update are exactly that batch's statistics, so the default
+    rule's first decision can be written from the step's own logits."""
+    model, batch = _model(), _batch()
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(output.logits.detach()))
+    result = CALR(NUM_CLASSES, warmup_epochs=0).step(model, batch, epoch=1)
+    logits, masked = calls[0], calls[2]
+    gap = (logits - masked).abs()
+    positive = batch["observed"] == 1
+    t_gap = float(gap[positive].mean())
+    class_average = logits.mean(dim=0)
+    expected = (batch["observed"] == 0) & (gap > t_gap) & (logits > class_average)
+    assert torch.equal(result.rejected, expected)
+    uncorrected = CALR(NUM_CLASSES, warmup_epochs=0, bias_correction=False)
+    model2, calls[:] = _model(), []
+    model2.register_forward_hook(lambda module, args, output: calls.append(output.logits.detach()))
+    result = uncorrected.step(model2, batch, epoch=1)
+    # Uncorrected: the thresholds hold 0.001 of those statistics (here it rejects 4 entries, not 2).
+    shrunk = (batch["observed"] == 0) & (gap > 0.001 * t_gap) & (logits > 0.001 * class_average)
+    assert torch.equal(result.rejected, shrunk)

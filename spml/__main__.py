@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spml.commands import audit, bench_app, bench_audit, convert, predict
+from spml.commands import audit, bench_app, bench_audit, bench_serve, calibrate, convert, predict
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spml", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (predict, bench_app, audit, bench_audit, convert):
+    for command in (predict, bench_app, audit, bench_audit, convert, bench_serve, calibrate):
         command.add_parser(subparsers)
     return parser
 

@@ -43,6 +43,7 @@ class LoadedModel:
     thresholds: RunningThresholds | None = None
     training: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    familiarity: dict[str, Any] | None = None  # statistics of the training images' features (spml.familiarity)
 
     @property
     def device(self) -> torch.device:
@@ -63,8 +64,11 @@ class LoadedModel:
             raise ValueError(f"Unknown class {name!r}. This checkpoint knows: {shown}.") from None
 
     def config(self) -> dict[str, Any]:
-        return build_config(self.network, self.classes, self.image_size, self.mean, self.std,
-                            self.cam_norm, self.cam_threshold, self.thresholds, self.training)
+        config = build_config(self.network, self.classes, self.image_size, self.mean, self.std,
+                              self.cam_norm, self.cam_threshold, self.thresholds, self.training)
+        if self.familiarity is not None:
+            config["familiarity"] = self.familiarity
+        return config
 
 
 def build_config(network: SPMLModel, classes: list[str], image_size: int, mean, std, cam_norm: str,
@@ -176,4 +180,5 @@ def load_model(source: str | Path, device: torch.device | str = "cpu") -> Loaded
         thresholds=thresholds,
         training=dict(config.get("training", {})),
         source=str(source),
+        familiarity=config.get("familiarity"),
     )

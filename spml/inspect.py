@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from spml.checkpoint import LoadedModel
 from spml.data.generic import split_names
 from spml.data.images import ImageSource, load_image
 from spml.data.transforms import eval_transform
+from spml.familiarity import statistics_of
 from spml.rejection import logit_gap, rejection_mask
 
 
@@ -51,6 +53,13 @@ class AnalysisResult:
     cam_norm: str
     gap_threshold: float | None  # None: the checkpoint holds no running thresholds
     class_average: dict[str, float] | None
+    # False: the image does not look like the checkpoint's training world; None: the checkpoint holds no
+    # statistics to tell (``python -m spml calibrate``). See spml.familiarity.
+    in_distribution: bool | None = None
+    familiarity_distance: float | None = None  # the image's distance to the training images' statistics
+    familiarity_threshold: float | None = None
+    # Every class's normalised CAM at the network's map resolution (C, h, w), from the same forward pass.
+    class_maps: np.ndarray | None = None
 
     def table(self) -> list[dict[str, object]]:
         """One row per class other than the positives: rejected ones first, then by probability."""
@@ -86,6 +95,12 @@ def _resolve_positives(model: LoadedModel, positive: str | Sequence[str] | None,
     return [model.class_index(name) for name in names], True
 
 
+@functools.lru_cache(maxsize=8)
+def _transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Image.Image], torch.Tensor]:
+    """The checkpoint's eval transform, built once per input size and normalisation, not per request."""
+    return eval_transform(size, mean, std)
+
+
 @torch.inference_mode()
 def analyze(
     model: LoadedModel,
@@ -111,7 +126,7 @@ def analyze(
     picture = load_image(image)
     rgb = np.asarray(picture, dtype=np.uint8)
     network, device = model.network, model.device
-    inputs = eval_transform(model.image_size, model.mean, model.std)(picture)[None].to(device)
+    inputs = _transform(model.image_size, tuple(model.mean), tuple(model.std))(picture)[None].to(device)
 
     output = network(inputs)
     logits = output.logits[0].float()
@@ -121,8 +136,13 @@ def analyze(
     # The mask through the function training and the audit use; the maps again below, for display.
     network_mask = positive_masks(network, output, observed[None], tuple(inputs.shape[-2:]), threshold, norm)
     masked_logits = network(apply_masks(inputs, network_mask)).logits[0].float()
-    cams = torch.cat([normalize_cams(network.class_maps(output, torch.tensor([index], device=device)).float(), norm)
-                      for index in positive_indices])
+    # Every class's map (C, h, w), each normalised on its own: for a batch of one every mode is per-image
+    # min-max, which a per-image constant (the head's bias) does not change. The positives' maps for
+    # display, all of them for the app's gallery.
+    maps = normalize_cams(network.class_maps(output)[0].float(), "image")
+    cams = maps[positive_indices]
+    statistics = statistics_of(model)
+    familiar, distance = (None, None) if statistics is None else statistics.in_distribution(picture)
     gaps = logit_gap(logits, masked_logits)
     if model.thresholds is not None:
         rejected_flags = rejection_mask(logits[None], masked_logits[None], observed[None],
@@ -161,4 +181,8 @@ def analyze(
         cam_norm=norm,
         gap_threshold=gap_threshold,
         class_average=class_average,
+        in_distribution=familiar,
+        familiarity_distance=distance,
+        familiarity_threshold=None if statistics is None else statistics.threshold,
+        class_maps=maps.cpu().numpy(),
     )

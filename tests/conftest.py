@@ -181,3 +181,67 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="session")
+def calibrated_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The app's fixture checkpoint with the image statistics of a small synthetic world (64 px scenes)."""
+    from spml.checkpoint import load_model
+    from spml.familiarity import calibrate_checkpoint
+
+    folder = tmp_path_factory.mktemp("calibrated")
+    data = make_synthetic_dataset(folder / "world", train=100, val=0, test=0, image_size=64, progress=False)
+    checkpoint = make_app_checkpoint(folder / "checkpoint")
+    calibrate_checkpoint(checkpoint, load_model(checkpoint), data, "train", progress=False, log=lambda _: None)
+    return checkpoint
+
+
+@pytest.fixture
+def offline_hub_checkpoint(calibrated_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The calibrated fixture checkpoint in a hand-built Hub cache as owner/shapes (ref main), the Hub
+    offline; returns its key."""
+    import huggingface_hub.constants as hub_constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--owner--shapes" / "snapshots" / HUB_COMMIT
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((calibrated_checkpoint / name).read_bytes())
+    (cache / "models--owner--shapes" / "refs").mkdir()
+    (cache / "models--owner--shapes" / "refs" / "main").write_text(HUB_COMMIT)
+    # huggingface_hub reads its environment at import time: point the already-imported constants here.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    return "hf://owner/shapes"
+
+
+@pytest.fixture(scope="session")
+def coco_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic world laid out as COCO (annotations/instances_train.json, train/*.png), zipped as
+    someone would upload it: the importers turn it into the data set format."""
+    import csv
+    import json
+
+    folder = tmp_path_factory.mktemp("coco-zip")
+    root = make_synthetic_dataset(folder / "world", train=12, val=0, test=0, image_size=64, progress=False)
+    with (root / "train.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    images, annotations = [], []
+    for index, row in enumerate(rows):
+        images.append({"id": index + 1, "file_name": Path(row["image"]).name, "width": 64, "height": 64})
+        for name in row["labels"].split(";"):
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1,
+                                "category_id": SYNTHETIC_CLASSES.index(name) + 1, "bbox": [0, 0, 8, 8]})
+    categories = [{"id": index + 1, "name": name} for index, name in enumerate(SYNTHETIC_CLASSES)]
+    archive_path = folder / "shapes-coco.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        archive.writestr("shapes/annotations/instances_train.json",
+                         json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        for row in rows:
+            archive.write(root / row["image"], f"shapes/train/{Path(row['image']).name}")
+    return archive_path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import sys
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from spml import ui
+from spml.app import audit as app_audit
+from spml.app import common
+from spml.app import inspect as app_inspect
+from spml.app import registry as app_registry
+from spml.app.outputs import OutputFiles
+from spml.audit import suspect_evidence
 from spml.checkpoint import load_model
 from spml.data.synthetic import SYNTHETIC_CLASSES
 from spml.inference import fold_batchnorm, optimize_for_inference
@@ -28,9 +34,10 @@ needs_demo = pytest.mark.skipif(not (DEMO / "config.json").is_file(), reason="ch
 
 
 @pytest.fixture(scope="module")
-def controller(app_checkpoint, tmp_path_factory) -> ui.Controller:
-    registry = ui.CheckpointRegistry(str(app_checkpoint), base_dir=ROOT, device="cpu")
-    return ui.Controller(registry, ui.ExampleCache(tmp_path_factory.mktemp("examples"), count=3))
+def controller(app_checkpoint, tmp_path_factory) -> app_inspect.InspectController:
+    registry = app_registry.CheckpointRegistry(str(app_checkpoint), base_dir=ROOT, device="cpu")
+    examples = app_inspect.ExampleCache(tmp_path_factory.mktemp("examples"), count=3)
+    return app_inspect.InspectController(registry, examples)
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -103,14 +110,20 @@ def test_fold_leaves_reused_modules_and_untraceable_ones_alone():
 
 
 def test_analyze_callback_outputs_at_the_image_size(controller, app_inputs):
-    labels, overlay, masked, crop, table, summary = controller.analyze(str(app_inputs["scene"].path))
+    view = controller.analyze(str(app_inputs["scene"].path))
+    labels, overlay, masked, crop, table, summary, world, gallery, gallery_classes = view.outputs()
+    assert view.names()[:6] == ("labels", "overlay", "masked", "crop", "table", "summary")
+    assert world == "", "a checkpoint without image statistics never says 'another world'"
+    assert gallery_classes == [name for name in labels if labels[name] >= 0.5][:8] or [next(iter(labels))]
+    assert [caption.split()[0] for _, caption in gallery] == gallery_classes
+    assert all(image.shape == (128, 128, 3) for image, _ in gallery)
     assert list(labels) == sorted(labels, key=lambda name: -labels[name]) and set(labels) == set(SYNTHETIC_CLASSES)
     assert overlay.shape == masked.shape == (128, 128, 3)
     assert crop is not None and crop.shape[0] <= 128 and crop.shape[2] == 3
     top = next(iter(labels))
     assert f"`{top}` (the top prediction" in summary
     rows = table["data"]
-    assert table["headers"] == ui.TABLE_HEADERS and len(rows) == len(SYNTHETIC_CLASSES) - 1
+    assert table["headers"] == app_inspect.TABLE_HEADERS and len(rows) == len(SYNTHETIC_CLASSES) - 1
     assert top not in [row[0] for row in rows]
     flags = [row[-1] for row in rows]
     assert flags == sorted(flags, key=lambda flag: flag != "yes"), "rejected rows come first"
@@ -120,10 +133,10 @@ def test_analyze_callback_outputs_at_the_image_size(controller, app_inputs):
 def test_given_positive_controls_and_payload_forms(controller, app_inputs):
     path = app_inputs["scene"].path
     payload = {"path": str(path), "orig_name": "mine.png", "meta": {"_type": "gradio.FileData"}}
-    *_, summary = controller.analyze(payload, "star", 0.9, "calr")
+    summary = controller.analyze(payload, "star", 0.9, "calr").summary
     assert "`star` (as given" in summary and "CALR code (batch-wise) normalisation, threshold 0.90" in summary
     data_url = {"path": None, "url": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()}
-    assert controller.analyze(data_url)[1].shape == (128, 128, 3)
+    assert controller.analyze(data_url).overlay.shape == (128, 128, 3)
 
 
 @pytest.mark.parametrize("kind", ["scene", "grayscale", "rgba", "16-bit", "cmyk", "exif-rotated", "animated",
@@ -137,11 +150,11 @@ def test_every_input_kind_gives_a_result_or_a_clear_message(controller, app_inpu
         assert case.error in caught.value.message and case.path.name in caught.value.message
         assert str(case.path.parent) not in caught.value.message, "no server path in messages"
     else:
-        _, overlay, masked, _, _, summary = controller.analyze(payload)
-        assert overlay.shape[:2] == masked.shape[:2] == case.size
-        assert case.note is None or case.note in summary
+        view = controller.analyze(payload)
+        assert view.overlay.shape[:2] == view.masked.shape[:2] == case.size
+        assert case.note is None or case.note in view.summary
     # whatever came before, the next request works
-    assert controller.analyze(str(app_inputs["scene"].path))[1].shape == (128, 128, 3)
+    assert controller.analyze(str(app_inputs["scene"].path)).overlay.shape == (128, 128, 3)
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -160,10 +173,10 @@ def test_bad_controls_are_refused_clearly(controller, app_inputs, arguments, mes
 def test_examples_are_rendered_and_analysed_lazily(controller):
     defaults = controller.checkpoint_defaults()
     assert len(defaults["examples"]) == 3 and all(Path(p).is_file() for [p] in defaults["examples"])
-    first = controller.example(1, None)
-    assert first[0] == defaults["examples"][1][0] and "true labels" in first[-1]
-    again = controller.example(1, None)
-    assert again[2] is first[2], "the second click is served from the cache"
+    path, first = controller.example(1, None)
+    assert path == defaults["examples"][1][0] and "true labels" in first.summary
+    _, again = controller.example(1, None)
+    assert again is first, "the second click is served from the cache"
     with pytest.raises(gr.Error):
         controller.example(7, None)
 
@@ -175,7 +188,7 @@ def test_checkpoint_registry_lists_and_guards(app_checkpoint, tmp_path):
         (search / "run" / "best" / name).write_bytes((app_checkpoint / name).read_bytes())
     (search / "other").mkdir()
     (search / "other" / "config.json").write_text("{}")  # not a checkpoint: not offered
-    registry = ui.CheckpointRegistry(str(app_checkpoint), base_dir=tmp_path, device="cpu")
+    registry = app_registry.CheckpointRegistry(str(app_checkpoint), base_dir=tmp_path, device="cpu")
     assert registry.keys() == [str(app_checkpoint), "checkpoints/run/best"]
     model = registry.get("checkpoints/run/best")
     assert registry.get("checkpoints/run/best") is model
@@ -184,45 +197,85 @@ def test_checkpoint_registry_lists_and_guards(app_checkpoint, tmp_path):
         registry.get("/etc")
 
 
+def test_checkpoint_field_loads_from_the_hub_cache_and_refuses_clearly(controller, offline_hub_checkpoint,
+                                                                      app_checkpoint, tmp_path, monkeypatch):
+    def load(source):
+        return controller.load_checkpoint(source, progress=lambda *args, **kwargs: None)
+
+    view = load(offline_hub_checkpoint)
+    assert view.selector.value == offline_hub_checkpoint
+    assert (offline_hub_checkpoint, offline_hub_checkpoint) in view.selector.choices
+    card = controller.select_checkpoint(offline_hub_checkpoint).description
+    assert "https://huggingface.co/owner/shapes" in card and "circle, square" in card
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "model.pt").write_bytes(b"not read")
+    alien = tmp_path / "alien"
+    alien.mkdir()
+    config = json.loads((app_checkpoint / "config.json").read_text())
+    (alien / "config.json").write_text(json.dumps({**config, "architecture": {"arch": "vit-huge", "num_classes": 10}}))
+    (alien / "model.safetensors").write_bytes((app_checkpoint / "model.safetensors").read_bytes())
+    cases = [
+        ("", "Type hf://OWNER/NAME"),
+        ("hf://owner", "not of the form hf://OWNER/NAME"),
+        ("hf://owner/missing", "not in this server's Hub cache"),
+        (str(app_checkpoint), "Loading a folder on the server is off"),
+        ("ALLOW", None),
+        (str(pickled), "has no config.json"),
+        (str(pickled), "model.pt there is never unpickled"),
+        (str(alien), "unknown architecture 'vit-huge'"),
+        (str(tmp_path / "nowhere"), "does not exist"),
+    ]
+    for source, message in cases:
+        if source == "ALLOW":
+            monkeypatch.setenv("SPML_ALLOW_SERVER_PATHS", "1")
+            continue
+        with pytest.raises(gr.Error) as caught:
+            load(source)
+        assert message in caught.value.message, caught.value.message
+    assert load(str(app_checkpoint)).selector.value == str(app_checkpoint.resolve())
+
+
 def test_gpu_decorator_uses_spaces_when_present(monkeypatch):
     def work(x):
         return x + 1
 
-    assert ui.gpu(work) is work, "without the spaces package nothing changes"
+    assert common.gpu(work) is work, "without the spaces package nothing changes"
     lent = []
     fake = types.SimpleNamespace(GPU=lambda fn, duration: lent.append(duration) or (lambda *a: fn(*a) * 10))
     monkeypatch.setitem(sys.modules, "spaces", fake)
-    assert ui.gpu(work)(1) == 20 and ui.gpu(duration=120)(work)(2) == 30 and lent == [60, 120]
+    assert common.gpu(work)(1) == 20 and common.gpu(duration=120)(work)(2) == 30 and lent == [60, 120]
 
 
 def test_unreachable_hub_checkpoint_is_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    registry = ui.CheckpointRegistry("hf://nobody/no-such-model@main", base_dir=tmp_path, device="cpu")
-    controller = ui.Controller(registry, ui.ExampleCache(tmp_path))
+    registry = app_registry.CheckpointRegistry("hf://nobody/no-such-model@main", base_dir=tmp_path, device="cpu")
+    controller = app_inspect.InspectController(registry, app_inspect.ExampleCache(tmp_path))
     with pytest.raises(gr.Error, match="could not fetch hf://nobody/no-such-model@main"):
         controller.checkpoint_defaults()
 
 
 def test_select_checkpoint_and_description(controller, app_checkpoint):
-    key, description, positive, threshold, norm, examples = controller.select_checkpoint(str(app_checkpoint))
-    assert key == str(app_checkpoint)
-    assert "test mAP **42.5**" in description and "`synthetic`" in description and "compact" in description
-    assert positive.choices[0] == ("top prediction", "") and len(positive.choices) == 11
-    assert threshold.value == 0.5 and norm.value == "image" and examples.visible
+    view = controller.select_checkpoint(str(app_checkpoint))
+    assert view.session_checkpoint == str(app_checkpoint)
+    assert "test mAP **42.5**" in view.description and "`synthetic`" in view.description
+    assert "compact" in view.description
+    assert view.positive.choices[0] == ("top prediction", "") and len(view.positive.choices) == 11
+    assert view.threshold.value == 0.5 and view.norm.value == "image" and view.examples.visible
 
 
 @needs_demo
 def test_demo_checkpoint_page_text_and_examples(tmp_path):
     model = load_model(DEMO)
-    text = ui.describe_checkpoint("checkpoints/demo", model)
+    text = app_registry.describe_checkpoint("checkpoints/demo", model)
     assert "mAP **" in text and "synthetic" in text
-    registry = ui.CheckpointRegistry("checkpoints/demo", base_dir=ROOT, device="cpu")
-    demo = ui.Controller(registry, ui.ExampleCache(tmp_path, count=4))
+    registry = app_registry.CheckpointRegistry("checkpoints/demo", base_dir=ROOT, device="cpu")
+    demo = app_inspect.InspectController(registry, app_inspect.ExampleCache(tmp_path, count=4))
     hits = 0
     for index in range(4):
-        image, labels, *_, summary = demo.example(index, None)
-        truth = summary.split("true labels: ")[1].split(".")[0].split(", ")
-        hits += next(iter(labels)) in truth
+        _, view = demo.example(index, None)
+        truth = view.summary.split("true labels: ")[1].split(".")[0].split(", ")
+        hits += next(iter(view.labels)) in truth
     assert hits >= 3, "the demo's top prediction is a true label on most of its own scenes"
 
 
@@ -251,8 +304,9 @@ def test_api_analyze_on_every_input_kind(served, app_inputs):
             with pytest.raises(AppError, match=case.error):
                 served.predict(handle_file(str(case.path)), api_name="/analyze")
             continue
-        labels, overlay, masked, crop, table, summary = served.predict(handle_file(str(case.path)),
-                                                                       api_name="/analyze")
+        labels, overlay, masked, crop, table, summary, world, gallery = served.predict(
+            handle_file(str(case.path)), api_name="/analyze")
+        assert world == "" and len(gallery) >= 1
         assert len(labels["confidences"]) == len(SYNTHETIC_CLASSES), kind
         assert np.asarray(Image.open(overlay)).shape[:2] == case.size, kind
         assert Path(masked).is_file() and len(table["data"]) == len(SYNTHETIC_CLASSES) - 1, kind
@@ -260,7 +314,7 @@ def test_api_analyze_on_every_input_kind(served, app_inputs):
     with pytest.raises(AppError, match="Unknown class 'unicorn'"):
         served.predict(handle_file(str(app_inputs["scene"].path)), "unicorn", api_name="/analyze")
     result = served.predict(handle_file(str(app_inputs["scene"].path)), "ring", api_name="/analyze")
-    assert "`ring` (as given" in result[-1], "the app still serves after every refusal"
+    assert "`ring` (as given" in result[5], "the app still serves after every refusal"
 
 
 def test_api_serves_concurrent_users(served, app_inputs):
@@ -270,20 +324,60 @@ def test_api_serves_concurrent_users(served, app_inputs):
     jobs = [served.submit(handle_file(str(path)), api_name="/analyze") for path in paths]
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
-    assert all(len(result) == 6 and result[0]["label"] in SYNTHETIC_CLASSES for result in results)
+    assert all(len(result) == 8 and result[0]["label"] in SYNTHETIC_CLASSES for result in results)
+
+
+def test_api_concurrent_identical_requests_get_complete_files(app_url, app_inputs, tmp_path):
+    """Many visitors on the same photo at once: each answer's images arrive whole and identical. Gradio
+    alone would write identical results to one cache path and rewrite it while serving it (short downloads)."""
+    from gradio_client import Client, handle_file
+
+    photo = tmp_path / "photo.png"  # large outputs: a long window in which a rewrite would cut a download
+    Image.open(app_inputs["scene"].path).resize((1600, 1600), Image.Resampling.BILINEAR).save(photo)
+    clients = [Client(app_url, verbose=False) for _ in range(6)]
+    jobs = [clients[index % 6].submit(handle_file(str(photo)), api_name="/analyze") for index in range(24)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=300), jobs))
+    first = None
+    for _, overlay, masked, crop, *_ in results:
+        pixels = []
+        for path in (overlay, masked, crop):
+            with Image.open(path) as image:
+                image.load()  # a file cut short raises here
+                pixels.append(np.asarray(image))
+        first = first or pixels
+        assert all(np.array_equal(a, b) for a, b in zip(pixels, first, strict=True))
+    assert first[0].shape == (1600, 1600, 3)
+
+
+def test_output_files_are_unique_and_pruned(tmp_path):
+    files = OutputFiles(tmp_path, max_age=0.0, prune_every=0.0)
+    image = np.full((4, 6, 3), 200, dtype=np.uint8)
+    view = app_inspect.AnalysisView(labels={"a": 1.0}, overlay=image, masked=image, crop=None, table={},
+                                    summary="s", world="", cam_gallery=[], gallery_classes=[]).written(files)
+    again = app_inspect.AnalysisView(labels={}, overlay=image, masked=image, crop=None, table={}, summary="s",
+                                     world="", cam_gallery=[(image, "a 1.00")], gallery_classes=["a"]).written(files)
+    assert Path(view.overlay).parent != Path(again.overlay).parent, "a folder per request"
+    assert np.asarray(Image.open(again.overlay)).shape == (4, 6, 3) and again.crop is None
+    assert Path(again.cam_gallery[0][0]).parent == Path(again.overlay).parent
+    assert not Path(view.overlay).exists(), "folders older than max_age are removed"
+    gallery = app_audit.AuditView("s", {}, [(image, "first"), (image, "second")], "r", "x").written(files)
+    assert [caption for _, caption in gallery.gallery] == ["first", "second"]
+    assert all(Path(path).is_file() for path, _ in gallery.gallery)
 
 
 # ------------------------------------------------------------------------------------------ audit
 
 
 @pytest.fixture(scope="module")
-def auditor(app_checkpoint, tmp_path_factory) -> ui.AuditController:
-    registry = ui.CheckpointRegistry(str(app_checkpoint), base_dir=ROOT, device="cpu")
-    return ui.AuditController(registry, ui.AuditWorkspace(tmp_path_factory.mktemp("audits")))
+def auditor(app_checkpoint, tmp_path_factory) -> app_audit.AuditController:
+    registry = app_registry.CheckpointRegistry(str(app_checkpoint), base_dir=ROOT, device="cpu")
+    return app_audit.AuditController(registry, app_audit.AuditWorkspace(tmp_path_factory.mktemp("audits")))
 
 
 def test_audit_callback_ranks_shows_evidence_and_finds_the_audit_again(auditor, audit_zips):
-    summary, table, gallery, report, audit_id = auditor.audit(str(audit_zips["good"]), gallery_size=3)
+    view = auditor.audit(str(audit_zips["good"]), gallery_size=3)
+    summary, table, gallery, report, audit_id = view.outputs()
     assert "images of `train`" in summary and "Hidden labels known" in summary
     assert table["headers"][:3] == ["rank", "image", "class"] and table["data"][0][0] == 1
     scores = [row[3] for row in table["data"]]
@@ -291,31 +385,58 @@ def test_audit_callback_ranks_shows_evidence_and_finds_the_audit_again(auditor, 
     assert len(gallery) == 3 and gallery[0][0].ndim == 3 and gallery[0][1].startswith("#1 ")
     assert Path(report).read_text().startswith("rank,image,class,score")
     again = auditor.audit({"path": str(audit_zips["good"]), "orig_name": "shapes.zip"}, gallery_size=0)
-    assert again[4] == audit_id and again[2] == [], "the same upload reopens the finished audit"
+    assert again.audit_id == audit_id and again.gallery == [], "the same upload reopens the finished audit"
 
 
 def test_review_decisions_persist_undo_and_export(auditor, audit_zips):
-    *_, audit_id = auditor.audit(str(audit_zips["good"]), gallery_size=0)
-    position, question, overlay, masked, crop, status = auditor.review_open(audit_id)
+    audit_id = auditor.audit(str(audit_zips["good"]), gallery_size=0).audit_id
+    position, question, overlay, positive, masked, crop, status = auditor.review_open(audit_id).outputs()
+    run = auditor.workspace.open(audit_id)
+    evidence = suspect_evidence(auditor.registry.get(), run.dataset, run.rows(1)[0])
+    assert np.array_equal(overlay, evidence["suspect_overlay"]), "the suspected class's own CAM comes first"
+    assert np.array_equal(positive, evidence["positive_overlay"])
     assert position == 0 and "Suspect 1 of" in question and "undecided" in question and overlay.ndim == 3
     first = auditor.workspace.open(audit_id).rows(2)
-    position, *_, status = auditor.review_decide(audit_id, position, "confirm")
-    assert position == 1 and "Decided 1" in status and "1 confirmed" in status
-    position, *_, status = auditor.review_decide(audit_id, position, "dismiss")
-    assert position == 2 and "1 dismissed" in status
+    shown = auditor.review_decide(audit_id, position, "confirm")
+    assert shown.position == 1 and "Decided 1" in shown.status and "1 confirmed" in shown.status
+    shown = auditor.review_decide(audit_id, shown.position, "dismiss")
+    assert shown.position == 2 and "1 dismissed" in shown.status
     # A restart: new controller and workspace objects, same folder. The review resumes where it was.
-    restarted = ui.AuditController(auditor.registry, ui.AuditWorkspace(auditor.workspace.directory))
-    restored = restarted.restore(audit_id)
-    assert restored[4] == audit_id and restored[5] == 2 and "Decided 2" in restored[-1]
-    position, question, *_ = restarted.review_move(audit_id, 2, -1)
-    assert position == 1 and "dismissed" in question
-    *_, status = restarted.review_decide(audit_id, position, None)
-    assert "Decided 1 " in status
-    exported, message = restarted.review_export(audit_id)
+    restarted = app_audit.AuditController(auditor.registry, app_audit.AuditWorkspace(auditor.workspace.directory))
+    restored_audit, restored_review = restarted.restore(audit_id)
+    assert restored_audit.audit_id == audit_id and restored_review.position == 2
+    assert "Decided 2" in restored_review.status
+    shown = restarted.review_move(audit_id, 2, -1)
+    assert shown.position == 1 and "dismissed" in shown.question
+    assert "Decided 1 " in restarted.review_decide(audit_id, shown.position, None).status
+    exported, message = restarted.review_export(audit_id).outputs()
     assert "1 labels added and 0 classes" in message and exported.visible
     rows = {line.split(",")[0]: line for line in Path(exported.value["path"]).read_text().splitlines()[1:]}
     assert first[0]["class"] in rows[first[0]["image"]]
-    assert restarted.restore("f" * 24) == (gr.skip(),) * 11 and restarted.restore("../etc") == (gr.skip(),) * 11
+    nothing = (gr.skip(),) * 12
+    assert restarted.restore("f" * 24) == nothing and restarted.restore("../etc") == nothing
+
+
+def test_example_audit_counts_the_missing_labels_its_first_suspects_found(auditor):
+    view = auditor.example()
+    run = auditor.workspace.open(view.audit_id)
+    hidden = run.summary["evaluation"]["hidden_positives"]
+    found = sum(row["truth"] == "1" for row in run.rows(hidden))
+    assert hidden > 0 and f"**The first {hidden} suspects found {found} of them**" in view.audit_summary
+    assert run.summary["images"] == 64 and len(view.gallery) == 12
+    assert auditor.example().audit_id == view.audit_id, "the example world is drawn and audited once"
+    assert "Suspect 1 of" in auditor.review_open(view.audit_id).question
+
+
+def test_audit_reads_a_coco_zip_and_reviews_it(auditor, coco_zip):
+    view = auditor.audit(str(coco_zip), gallery_size=2)
+    assert "images of `train`" in view.audit_summary and len(view.gallery) == 2
+    run = auditor.workspace.open(view.audit_id)
+    rows = (run.dataset / "train.csv").read_text().splitlines()[1:]
+    assert len(rows) == 12 and rows[0].startswith("shapes/train/"), "every image of the COCO file, where it lies"
+    assert run.summary["images"] == 10, "the train part of the protocol's 80/20 split (no val.csv)"
+    shown = auditor.review_open(view.audit_id)
+    assert "Suspect 1 of" in shown.question and shown.review_cam.ndim == 3
 
 
 def test_audit_refuses_bad_uploads_clearly(auditor, audit_zips, monkeypatch):

@@ -1,7 +1,10 @@
 """The page in headless Chromium (Debian's package, driven by playwright): upload, analyse, see every output.
 
 Skips when /usr/bin/chromium is missing, except under CI (the CI environment variable set), where it fails.
-Screenshots go to artifacts/: app-inspect.png (an analysed image) and app-review.png (an audit under review).
+Screenshots go to artifacts/: app-inspect.png (an analysed image), app-other-world.png (a photo under a model
+of shapes, after loading that model from a local Hub cache through the page's field) and app-review.png
+(an audit under review). The page must not reach any host but the app's own: every request is recorded and
+checked at the end.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TIMEOUT_MS = 60_000
+REQUESTS: list[str] = []  # every URL the page asked for, from its first load on
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,7 @@ def browser_page(request: pytest.FixtureRequest) -> Iterator:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(TIMEOUT_MS)
+        page.on("request", lambda request: REQUESTS.append(request.url))
         # Offline: anything the app does not serve (web fonts, telemetry) is refused at once, not awaited.
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(app_url)
                    else route.abort())
@@ -43,6 +48,20 @@ def browser_page(request: pytest.FixtureRequest) -> Iterator:
         page.wait_for_selector("#analyse")
         yield page
         browser.close()
+
+
+def _screenshot(page, name: str) -> None:
+    """The whole page as a small PNG in artifacts/ (256 colours, at most 900 px wide): committed, so kept small."""
+    import io
+
+    from PIL import Image
+
+    page.wait_for_timeout(500)  # let the images finish painting
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    if shot.width > 900:
+        shot = shot.resize((900, round(shot.height * 900 / shot.width)), Image.Resampling.LANCZOS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot.quantize(256).save(ARTIFACTS / name, optimize=True)
 
 
 def _upload(page, path: Path) -> None:
@@ -61,6 +80,7 @@ def test_page_explains_the_method_and_the_checkpoint(browser_page):
     assert page.locator("#method-figure svg").count() == 1
     info = page.locator("#checkpoint-info").inner_text()
     assert "Loaded:" in info and "synthetic" in info and "mAP" in info
+    assert "Classes it knows: circle, square, triangle" in info, "the classes show before any upload"
 
 
 def test_upload_analyse_and_see_every_output(browser_page, app_inputs):
@@ -75,9 +95,23 @@ def test_upload_analyse_and_see_every_output(browser_page, app_inputs):
     for elem_id in ("cam", "masked", "crop"):
         assert _image_src(page, elem_id), f"no image in #{elem_id}"
     assert "rejected" in page.locator("#table thead").inner_text()
-    page.wait_for_timeout(500)  # let the images finish painting before the screenshot
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "app-inspect.png"), full_page=True)
+    _screenshot(page, "app-inspect.png")
+
+
+def test_cam_gallery_shows_each_label_and_a_click_makes_it_the_positive(browser_page, app_inputs):
+    page = browser_page
+    _upload(page, app_inputs["scene"].path)
+    page.locator("#positive input").fill("")
+    page.locator("#analyse").click()
+    page.locator("#summary").get_by_text("the top prediction").wait_for()
+    thumbnails = page.locator("#cam-gallery button.thumbnail-item")
+    thumbnails.first.wait_for()
+    assert 1 <= thumbnails.count() <= 8
+    captions = page.locator("#cam-gallery .caption-label").all_inner_texts()
+    picked = captions[-1].split()[0]
+    thumbnails.last.click()
+    page.locator("#summary").get_by_text(f"{picked} (as given").wait_for()
+    assert page.locator("#positive input").input_value() == picked
 
 
 def test_bad_file_shows_a_message_and_the_next_request_works(browser_page, app_inputs):
@@ -111,7 +145,7 @@ def test_audit_and_review_with_keys_survives_a_reload(browser_page, audit_zips, 
     assert "Suspect 3 of" in page.locator("#review-question").inner_text()
     page.keyboard.press("ArrowLeft")
     page.locator("#review-question").get_by_text("Suspect 2 of").wait_for()
-    page.screenshot(path=str(ARTIFACTS / "app-review.png"), full_page=True)
+    _screenshot(page, "app-review.png")
     page.reload(wait_until="load")
     page.get_by_role("tab", name="Audit").click()
     _review_status(page, "Decided 2")  # restored from the browser's stored audit id and the decision store
@@ -120,3 +154,61 @@ def test_audit_and_review_with_keys_survives_a_reload(browser_page, audit_zips, 
     page.locator('#review-file a[download="train.csv"]').wait_for()
     stores = list(app_audits.glob("*/report.decisions.json"))
     assert len(stores) == 1 and '"confirm"' in stores[0].read_text() and '"dismiss"' in stores[0].read_text()
+
+
+def test_one_click_example_audit_and_its_review(browser_page):
+    page = browser_page
+    page.get_by_role("tab", name="Audit").click()
+    page.locator("#audit-example").click()
+    page.locator("#audit-summary").get_by_text("suspects found").wait_for()
+    _review_status(page, "Decided 0")
+    question = page.locator("#review-question").inner_text()
+    assert "Suspect 1 of" in question and "First: where the model sees a" in question, "the suspect's own CAM leads"
+    assert _image_src(page, "review-cam") and _image_src(page, "review-positive")
+    assert page.locator("#audit-gallery img").count() == 12
+    page.keyboard.press("c")
+    _review_status(page, "Decided 1")
+
+
+def test_audit_a_coco_zip(browser_page, coco_zip):
+    page = browser_page
+    page.get_by_role("tab", name="Audit").click()
+    page.locator("#audit-zip input[type=file]").set_input_files(str(coco_zip))
+    page.locator("#audit-zip").get_by_text("shapes-coco.zip").wait_for()
+    page.locator("#audit-run").click()
+    page.locator("#audit-summary").get_by_text("Audited 10 images").wait_for()
+    _review_status(page, "Decided 0")
+    assert "shapes/train/" in page.locator("#review-question").inner_text()
+
+
+def test_load_a_hub_checkpoint_and_see_the_other_world_notice(browser_page, offline_hub_checkpoint,
+                                                              calibrated_checkpoint, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    page = browser_page
+    page.get_by_role("tab", name="Inspect").click()
+    page.locator("#checkpoint-source input, #checkpoint-source textarea").first.fill(offline_hub_checkpoint)
+    page.locator("#checkpoint-load").click()
+    page.locator("#checkpoint-info").get_by_text("owner/shapes").wait_for()
+    assert page.locator('#checkpoint-info a[href="https://huggingface.co/owner/shapes"]').count() == 1
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(photo)
+    _upload(page, photo)
+    page.locator("#analyse").click()
+    page.locator("#world-notice").get_by_text("does not look like the images this model was trained on").wait_for()
+    assert "hf://OWNER/NAME" in page.locator("#world-notice").inner_text()
+    _screenshot(page, "app-other-world.png")
+    from spml.data.generic import load_dataset
+
+    scene = load_dataset(calibrated_checkpoint.parent / "world").split("train").images[0]  # of its world
+    _upload(page, scene)
+    page.locator("#analyse").click()
+    page.locator("#summary").get_by_text("Analysed at 64×64").wait_for()
+    assert page.locator("#world-notice").inner_text().strip() == ""
+
+
+def test_no_request_left_the_machine(browser_page, app_url):
+    assert REQUESTS, "the page made requests"
+    outside = [url for url in REQUESTS if not url.startswith((app_url, "data:", "blob:"))]
+    assert outside == [], f"requests to other hosts: {outside[:5]}"

@@ -461,6 +461,7 @@ def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresho
 def _finish(config: TrainConfig, test_split: Split | None, state: RunState, device: torch.device,
             info: DistInfo, run: Path, dataset_name: str) -> dict[str, Any]:
     from spml.checkpoint import load_model
+    from spml.familiarity import calibrate_checkpoint
 
     best = load_model(run / "best", device=device)
     test_map = evaluate(best.network, test_split, config, device, info) if test_split is not None else None
@@ -474,6 +475,8 @@ def _finish(config: TrainConfig, test_split: Split | None, state: RunState, devi
     if info.is_main:
         best.training.update({"test_map": test_map})
         save_checkpoint(best, run / "best")
+        # The training images' feature statistics: the app tells images of another world by them.
+        calibrate_checkpoint(run / "best", best, config.data, "train", progress=False, log=log.info)
         atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
         log.info("done: best val mAP %.2f at epoch %d, test mAP %s", state.best_val_map, state.best_epoch,
                  "n/a" if test_map is None else f"{test_map:.2f}")

@@ -22,6 +22,8 @@ from spml.data.generic import CLASSES_FILE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TABLE_SUFFIXES = (".csv", ".txt")
+# The annotation files of the layouts spml.data.importers reads: COCO and imagefolder JSON(L), VOC XML, YOLO YAML.
+ANNOTATION_SUFFIXES = (".json", ".jsonl", ".xml", ".yaml", ".yml")
 MAX_ZIP_BYTES = 2 * 1024**3
 MAX_ZIP_FILES = 100_000
 MAX_IMAGE_PIXELS = 40_000_000
@@ -69,9 +71,14 @@ def _check_image_size(path: Path, name: str, max_pixels: int) -> None:
 
 
 def _dataset_root(dest: Path) -> Path:
+    from spml.data.importers import detect_format
+
     roots = sorted((path.parent for path in dest.rglob(CLASSES_FILE)), key=lambda p: (len(p.parts), str(p)))
     if not roots:
-        raise ReviewError(f"the zip holds no {CLASSES_FILE}: a data set folder needs one (see the data set format)")
+        if detect_format(dest) is not None:
+            return dest  # another layout (COCO, VOC, YOLO, imagefolder): spml.data.importers.convert_any reads it
+        raise ReviewError(f"the zip holds no {CLASSES_FILE} (a data set folder needs one, see the data set format) "
+                          "and no COCO, VOC, YOLO or imagefolder layout")
     if len(roots) > 1 and len(roots[1].parts) == len(roots[0].parts):
         raise ReviewError(f"the zip holds several data sets ({roots[0].relative_to(dest)}, "
                           f"{roots[1].relative_to(dest)}): upload one")
@@ -87,13 +94,14 @@ def safe_extract_zip(
     max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Path:
     """Extract an uploaded data set zip into the new or empty folder ``dest`` and return the data set
-    root inside it (the shallowest folder holding classes.txt).
+    root inside it (the shallowest folder holding classes.txt), or ``dest`` itself when it holds a COCO,
+    VOC, YOLO or imagefolder layout instead (``spml.data.importers.convert_any`` converts it).
 
     Refused outright (ReviewError, and ``dest`` emptied): absolute or ``..`` names, symbolic links and
     other special entries, encrypted entries, more than ``max_files`` entries, declared or actual
     uncompressed size above ``max_total_bytes``, an entry inflating past its declared size, an image
-    over ``max_image_pixels``, a corrupt archive. Skipped: anything other than images and CSV/TXT
-    files, folders, macOS resource forks and hidden files.
+    over ``max_image_pixels``, a corrupt archive. Skipped: anything other than images, CSV/TXT files and
+    the importers' annotation files (JSON, JSONL, XML, YAML), folders, macOS resource forks and hidden files.
     """
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -119,7 +127,7 @@ def safe_extract_zip(
                     raise ReviewError(f"zip entry {info.filename!r} is encrypted")
                 suffix = PurePosixPath(info.filename).suffix.lower()
                 if (not parts or any(part.startswith(".") or part == "__MACOSX" for part in parts)
-                        or suffix not in IMAGE_SUFFIXES + TABLE_SUFFIXES):
+                        or suffix not in IMAGE_SUFFIXES + TABLE_SUFFIXES + ANNOTATION_SUFFIXES):
                     continue
                 relative = "/".join(parts)
                 if relative.lower() in seen:

@@ -50,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds after warm-up (default 7)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: this thread's CPU time (time.thread_time), which time spent "
+                             "descheduled on a busy machine does not inflate; use it with --threads 1")
     parser.add_argument("--no-gradcam", action="store_true", help="skip GradCAM (when grad-cam is not installed)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=run)
@@ -77,8 +80,9 @@ def _gradcam(model: LoadedModel, inputs: torch.Tensor, target: int) -> Callable[
     return lambda: cam(input_tensor=inputs, targets=targets)
 
 
-def bench_model(name: str, model: LoadedModel, rounds: int, warmup: int, gradcam: bool) -> dict[str, Any]:
-    from spml.ui import format_analysis
+def bench_model(name: str, model: LoadedModel, rounds: int, warmup: int, gradcam: bool,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    from spml.app.inspect import format_analysis
 
     size = model.image_size
     picture, _, _ = render_scene(0, "test", 0, size)  # an S x S image: the app's resize is then a no-op
@@ -98,18 +102,18 @@ def bench_model(name: str, model: LoadedModel, rounds: int, warmup: int, gradcam
     measures: dict[str, Callable[[], Any]] = {
         "forward": forward(model.network),
         "forward_optimized": forward(optimized.network),
-        "analysis": lambda: format_analysis(analyze(optimized, picture)),
-        "analysis_eager": lambda: format_analysis(analyze(model, picture)),
+        "analysis": lambda: format_analysis(analyze(optimized, picture), optimized),
+        "analysis_eager": lambda: format_analysis(analyze(model, picture), model),
     }
     if gradcam:
         measures["gradcam"] = _gradcam(model, inputs, top)
     times: dict[str, list[float]] = {key: [] for key in measures}
     for round_index in range(warmup + rounds):
         for key, call in measures.items():
-            start = time.perf_counter()
+            start = clock()
             call()
             if round_index >= warmup:
-                times[key].append(time.perf_counter() - start)
+                times[key].append(clock() - start)
     result: dict[str, Any] = {"model": name, "image_size": size, "max_logit_drift": drift, "rounds": rounds,
                               "threads": torch.get_num_threads()}
     for stat, reduce in (("median", statistics.median), ("min", min)):
@@ -155,13 +159,18 @@ def run(args: argparse.Namespace) -> int:
                                    image_size=args.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)))
     if args.checkpoint and Path(args.checkpoint).is_dir():
         models.append((args.checkpoint, load_model(args.checkpoint)))
-    results = [bench_model(name, model, args.rounds, args.warmup, gradcam) for name, model in models]
+    if args.clock == "cpu" and torch.get_num_threads() != 1:
+        print("--clock cpu counts this thread only: pass --threads 1")
+        return 2
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    results = [bench_model(name, model, args.rounds, args.warmup, gradcam, clock) for name, model in models]
     if args.json:
         print(json.dumps({"results": results}, indent=2))
         return 0
     for result in results:
         median, best = result["median"], result["min"]
-        print(f"{result['model']} at {result['image_size']} px, {result['threads']} threads, {result['rounds']} "
+        print(f"{result['model']} at {result['image_size']} px, {args.clock} clock, {result['threads']} threads, "
+              f"{result['rounds']} "
               f"rounds (max logit drift of the optimisation {result['max_logit_drift']:.1e}):")
         print(f"  {'':<18} {'median ms':>10} {'min ms':>10}   in eager forwards (median / min)")
         for key, value in median["ms"].items():

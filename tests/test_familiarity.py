@@ -1,0 +1,80 @@
+"""The image statistics that tell another world (spml.familiarity), and analyze's use of them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_app_checkpoint
+from PIL import Image
+
+from spml import analyze, load_model
+from spml.data.generic import load_dataset
+from spml.data.synthetic import make_synthetic_dataset, render_scene
+from spml.familiarity import (
+    COLOUR_BINS,
+    GRADIENT_BINS,
+    ImageStatistics,
+    calibrate_checkpoint,
+    describe,
+    fit_statistics,
+)
+
+
+def test_descriptor_of_a_flat_colour_is_one_bin_and_no_gradient():
+    pure_red = describe(Image.new("RGB", (40, 30), (255, 0, 0)))
+    colours = int(np.prod(COLOUR_BINS))
+    assert pure_red.shape == (colours + GRADIENT_BINS,)
+    # Hue 0, saturation and value 255/256: bin (0, 3, 3), every pixel; no neighbour differs.
+    assert pure_red[3 * COLOUR_BINS[2] + 3] == 1.0 and pure_red[:colours].sum() == 1.0
+    assert pure_red[colours] == 1.0 and pure_red[colours + 1:].sum() == 0.0
+
+
+def test_distance_is_the_mahalanobis_distance_of_the_shrunk_covariance():
+    rng = np.random.default_rng(0)
+    descriptors = rng.normal(size=(400, 6)) * np.array([3.0, 1.0, 1.0, 0.5, 0.2, 0.2])
+    statistics = fit_statistics(descriptors)
+    covariance = np.cov(descriptors, rowvar=False)
+    floor = 0.1 * np.trace(covariance) / 6
+    shrunk = 0.9 * covariance + floor * np.eye(6)  # every direction kept (6 < COMPONENTS)
+    points = rng.normal(size=(5, 6))
+    centred = points - descriptors.mean(axis=0)
+    expected = np.einsum("nd,de,ne->n", centred, np.linalg.inv(shrunk), centred) / 6
+    np.testing.assert_allclose(statistics.distance(points), expected, rtol=1e-9)
+    assert statistics.distance(descriptors.mean(axis=0))[0] == pytest.approx(0.0, abs=1e-12)
+    own = statistics.distance(descriptors)
+    assert statistics.threshold == pytest.approx(np.quantile(own, 0.99) * 1.5)
+    again = ImageStatistics.from_config(json.loads(json.dumps(statistics.to_config())))
+    np.testing.assert_allclose(again.distance(points), expected, rtol=1e-5)
+
+
+def test_calibrated_checkpoint_tells_a_photo_from_its_world(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "world", train=60, val=0, test=0, image_size=64, progress=False)
+    checkpoint = make_app_checkpoint(tmp_path / "checkpoint")
+    model = load_model(checkpoint)
+    assert analyze(model, render_scene(0, "test", 0, 64)[0]).in_distribution is None, "no statistics: None"
+    calibrate_checkpoint(checkpoint, model, data, "train", progress=False, log=lambda _: None)
+    reloaded = load_model(checkpoint)
+    assert reloaded.familiarity["images"] == 48 and reloaded.classes == model.classes  # train: 80% of 60
+    scene = analyze(reloaded, load_dataset(data).split("train").images[0])
+    assert scene.in_distribution is True and scene.familiarity_distance <= scene.familiarity_threshold
+    # A photo-like image: smooth colour gradients and no flat shapes on grey clutter.
+    y, x = np.mgrid[0:96, 0:128]
+    photo = np.stack([x * 2, y * 2, 255 - x - y], axis=-1).clip(0, 255).astype(np.uint8)
+    assert analyze(reloaded, photo).in_distribution is False
+
+
+def test_several_positives_mask_the_union_of_their_regions(tmp_path):
+    model = load_model(make_app_checkpoint(tmp_path / "checkpoint"))
+    scene = render_scene(0, "test", 1, 128)[0]
+    first, second = analyze(model, scene, "circle"), analyze(model, scene, "star")
+    both = analyze(model, scene, ["circle", "star"])
+    assert analyze(model, scene, "circle; star").positives == both.positives == ["circle", "star"]
+    np.testing.assert_array_equal(both.mask, first.mask | second.mask)
+    np.testing.assert_allclose(both.cam, np.maximum(first.cam, second.cam), atol=1e-6)
+    assert both.positive == "circle" and both.positive_given
+    assert {row["class"] for row in both.table()}.isdisjoint({"circle", "star"})
+    assert both.class_maps.shape[0] == len(model.classes)
+    with pytest.raises(ValueError, match="Unknown class 'unicorn'"):
+        analyze(model, scene, "circle;unicorn")

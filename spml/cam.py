@@ -17,31 +17,46 @@ from torch import Tensor
 if TYPE_CHECKING:
     from spml.model import ModelOutput, SPMLModel
 
-CamNorm = Literal["image", "reference"]
-CAM_NORMS: tuple[str, ...] = ("image", "reference")
+CamNorm = Literal["image", "calr", "ignore"]
+CAM_NORMS: tuple[str, ...] = ("image", "calr", "ignore")
 _EPS = 1e-12
+
+
+def cam_keeps_bias(mode: CamNorm) -> bool:
+    """Whether the maps of ``mode`` include the head's bias b_c. The CALR code builds its CAM as a
+    1x1 convolution with the head's weights only; IGNORE's CAM is a 1x1 convolution with its bias
+    (GAP of it is the logit). Per-image min-max is blind to a per-image constant, so either serves."""
+    return mode != "calr"
 
 
 def normalize_cams(cams: Tensor, mode: CamNorm = "image") -> Tensor:
     """Scale (B, h, w) maps to [0, 1].
 
     ``image`` (default, the paper's intent): min-max over each image's own spatial map.
-    ``reference``: what the public CALR code does, pixel by pixel across the batch:
-    ``(cam - min_b cam) / max_b (cam - min_b cam)``. It makes an image's map depend on the other
-    images of its batch. The reference divides 0 by 0 for a batch of one (NaN); here a batch of one
-    falls back to the per-image mode, and a pixel equal in every image of the batch maps to 0.
+    ``calr``: what the public CALR code does, pixel by pixel across the batch:
+    ``(cam - min_b cam) / (max_b cam - min_b cam)`` (its code subtracts the minimum, then divides by
+    the maximum of what is left, which is max - min). Use it on maps without the head's bias
+    (:func:`cam_keeps_bias`).
+    ``ignore``: what the public IGNORE code does, pixel by pixel across the batch:
+    ``(cam - min_b cam) / max_b cam``, dividing by the maximum of the maps themselves (bias included);
+    where that maximum is negative every value is <= 0, as there.
+    Both batch modes make an image's map depend on the other images of its batch. For a batch of one
+    the public codes give 0/0 or 0 everywhere (an empty mask); here a batch of one falls back to the
+    per-image mode, and in ``calr`` mode a pixel equal in every image of the batch maps to 0.
     """
     if cams.dim() != 3:
         raise ValueError(f"expected maps of shape (B, h, w), got {tuple(cams.shape)}")
-    if mode == "image" or (mode == "reference" and cams.shape[0] == 1):
+    if mode not in CAM_NORMS:
+        raise ValueError(f"unknown CAM normalisation {mode!r}; choose one of {CAM_NORMS}")
+    if mode == "image" or cams.shape[0] == 1:
         flat = cams.flatten(1)
         low = flat.min(dim=1).values[:, None, None]
         high = flat.max(dim=1).values[:, None, None]
         return (cams - low) / (high - low).clamp_min(_EPS)
-    if mode == "reference":
-        shifted = cams - cams.min(dim=0).values
+    shifted = cams - cams.min(dim=0).values
+    if mode == "calr":
         return shifted / shifted.max(dim=0).values.clamp_min(_EPS)
-    raise ValueError(f"unknown CAM normalisation {mode!r}; choose one of {CAM_NORMS}")
+    return shifted / cams.max(dim=0).values
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -59,7 +74,7 @@ def cam_masks(
     """Boolean (B, H, W) masks of the highlighted regions: normalise, upsample, ``> threshold``.
 
     Images without an observed positive (``has_positive`` False) get an all-ones mask, as in the
-    method; they are left out of the reference mode's batch statistics, as the reference does.
+    method; they are left out of the batch modes' statistics, as the public codes do.
     """
     if has_positive is None or bool(has_positive.all()):
         return upsample_maps(normalize_cams(cams, mode), size) > threshold
@@ -77,13 +92,14 @@ def positive_masks(network: SPMLModel, output: ModelOutput, observed: Tensor, si
 
     With several positives the mask is the union of their regions: each positive's map is normalised
     and thresholded on its own, then the masks are OR-ed. Pass j handles every image's j-th positive
-    (in class order); the first pass is the single-positive computation unchanged, and the reference
-    mode's batch statistics of pass j come from the images that have a j-th positive only.
+    (in class order); the first pass is the single-positive computation unchanged, and the batch
+    modes' statistics of pass j come from the images that have a j-th positive only.
     """
     is_positive = observed == 1
     has_positive = is_positive.any(dim=1)
     positive_class = is_positive.to(torch.uint8).argmax(dim=1)  # any index where there is none: unused
-    cams = network.class_maps(output, positive_class)
+    bias = cam_keeps_bias(mode)
+    cams = network.class_maps(output, positive_class, bias=bias)
     masks = cam_masks(cams.float(), size, threshold, mode, has_positive)
     counts = is_positive.sum(dim=1)
     passes = int(counts.max()) if counts.numel() else 0
@@ -92,7 +108,7 @@ def positive_masks(network: SPMLModel, output: ModelOutput, observed: Tensor, si
         order = is_positive.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices
         for j in range(1, passes):
             rows = counts > j
-            extra = cam_masks(network.class_maps(output, order[:, j]).float(), size, threshold, mode, rows)
+            extra = cam_masks(network.class_maps(output, order[:, j], bias=bias).float(), size, threshold, mode, rows)
             masks[rows] |= extra[rows]
     return masks
 

@@ -99,8 +99,8 @@ def analyze(
     With several positives the mask is the union of their CAM regions, as in training.
 
     One forward pass gives the logits and the CAM; a second one, on the masked image, gives the
-    masked logits. A batch of one has no batch statistics, so the ``reference`` normalisation falls
-    back to per-image min-max here (see ``spml.cam.normalize_cams``).
+    masked logits. A batch of one has no batch statistics, so the batch-wise normalisations (``calr``,
+    ``ignore``) fall back to per-image min-max here (see ``spml.cam.normalize_cams``).
     """
     threshold = model.cam_threshold if cam_threshold is None else float(cam_threshold)
     norm = model.cam_norm if cam_norm is None else cam_norm

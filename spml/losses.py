@@ -154,6 +154,37 @@ def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
             module.track_running_stats = True
 
 
+@contextmanager
+def repeated_batchnorm_updates(model: nn.Module, passes: int) -> Iterator[None]:
+    """Every BatchNorm that updates its running statistics folds each batch in ``passes`` times, as
+    if the backbone ran ``passes`` times on it: the CALR code runs the backbone twice per model call
+    (once for the logits, once more for the CAM), and in training mode the second pass sees the same
+    batch statistics. The extra folds repeat the layer's own update (``F.batch_norm`` on its input,
+    ``num_batches_tracked`` counted too), so they equal what a second pass would leave behind without
+    its cost. Local statistics only: not for SyncBatchNorm (the configuration refuses the pair)."""
+    if passes <= 1:
+        yield
+        return
+
+    def fold_again(module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
+        if not (module.training and module.track_running_stats):
+            return
+        with torch.no_grad():
+            for _ in range(passes - 1):
+                module.num_batches_tracked.add_(1)
+                factor = 1.0 / float(module.num_batches_tracked) if module.momentum is None else module.momentum
+                F.batch_norm(inputs[0], module.running_mean, module.running_var, None, None, True, factor,
+                             module.eps)
+
+    handles = [module.register_forward_hook(fold_again) for module in model.modules()
+               if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class Objective(nn.Module):
     """One training step of one loss: ``step(model, batch, epoch) -> StepResult``.
 
@@ -293,9 +324,12 @@ class LargeLoss(Objective):
 class CALR(Objective):
     """CAM-based loss rejection: one weak and one strong pass with autograd, one masked pass without.
 
-    ``reference=True`` runs the masked pass as the public code does: with autograd and with
+    ``reference=True`` runs the masked pass as the public codes do: with autograd and with
     BatchNorm folding the masked batch into its running statistics (slower, and it lets x^M shift
     the statistics used at test time). The default only reads batch statistics there.
+    ``batchnorm_passes=2`` folds every batch of every model call into BatchNorm twice, as the CALR
+    code does by running the backbone twice per call (see :func:`repeated_batchnorm_updates`);
+    IGNORE's code runs it once.
     """
 
     name = "calr"
@@ -303,8 +337,12 @@ class CALR(Objective):
 
     def __init__(self, num_classes: int, cam_threshold: float = 0.5, cam_norm: CamNorm = "image",
                  warmup_epochs: int = 3, weights: tuple[float, float, float] = (0.5, 1.0, 0.5),
-                 momentum: float = 0.999, bias_correction: bool = False, reference: bool = False):
+                 momentum: float = 0.999, bias_correction: bool = False, reference: bool = False,
+                 batchnorm_passes: int = 1):
         super().__init__()
+        if batchnorm_passes < 1:
+            raise ValueError(f"batchnorm_passes must be at least 1, got {batchnorm_passes}")
+        self.batchnorm_passes = batchnorm_passes
         self.cam_threshold = cam_threshold
         self.cam_norm = cam_norm
         self.warmup_epochs = warmup_epochs
@@ -333,10 +371,11 @@ class CALR(Objective):
     def step(self, model: nn.Module, batch: dict[str, Tensor], epoch: int) -> StepResult:
         spml_model: SPMLModel = getattr(model, "module", model)  # unwrap DistributedDataParallel
         images, observed = batch["image"], batch["observed"]
-        output = model(images)
-        strong_logits = model(batch["strong"]).logits
+        with repeated_batchnorm_updates(spml_model, self.batchnorm_passes):
+            output = model(images)
+            strong_logits = model(batch["strong"]).logits
+            masked = self.masked_logits(model, spml_model, images, output, observed)
         logits = output.logits
-        masked = self.masked_logits(model, spml_model, images, output, observed)
         detached = logits.detach()
         self.thresholds.to(detached.device).update(detached, masked, observed)
         if epoch <= self.warmup_epochs:

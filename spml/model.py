@@ -15,12 +15,19 @@ import torch
 from torch import Tensor, nn
 
 
+def full_precision(device_type: str) -> torch.autocast:
+    """A region that autocast does not reach: under mixed precision only the backbone runs in
+    bfloat16; the head, the logits and the class maps stay float32, so the gap, the running
+    thresholds and the evaluation ranking see the same numbers as an fp32 run of those features."""
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
 @dataclass
 class ModelOutput:
     """What one forward pass yields: logits and the state the class maps are made from."""
 
     logits: Tensor  # (B, C)
-    features: Tensor  # (B, D, h, w), the last feature map
+    features: Tensor  # (B, D, h, w), the last feature map, float32
     attention: Tensor | None = None  # (B, C, h*w), per-class attention (Query2Label only)
 
 
@@ -30,9 +37,10 @@ class SPMLModel(nn.Module):
     arch: str
     num_classes: int
 
-    def class_maps(self, output: ModelOutput, classes: Tensor | None = None) -> Tensor:
+    def class_maps(self, output: ModelOutput, classes: Tensor | None = None, bias: bool = True) -> Tensor:
         """Raw class activation maps: (B, h, w) for ``classes`` (one class index per image), or
-        (B, C, h, w) for every class when ``classes`` is None."""
+        (B, C, h, w) for every class when ``classes`` is None. ``bias=False`` leaves the head's bias
+        out (the CALR code's form); models whose maps hold no bias ignore it."""
         raise NotImplementedError
 
     def arch_config(self) -> dict[str, Any]:
@@ -61,15 +69,20 @@ class LinearCAMModel(SPMLModel):
 
     def forward(self, images: Tensor) -> ModelOutput:
         features = self.backbone(images)
-        logits = self.head(features.mean(dim=(2, 3)))
+        with full_precision(features.device.type):
+            features = features.float()
+            logits = self.head(features.mean(dim=(2, 3)))
         return ModelOutput(logits=logits, features=features)
 
-    def class_maps(self, output: ModelOutput, classes: Tensor | None = None) -> Tensor:
+    def class_maps(self, output: ModelOutput, classes: Tensor | None = None, bias: bool = True) -> Tensor:
         features = output.features
-        if classes is None:
-            return torch.einsum("bdhw,cd->bchw", features, self.head.weight) + self.head.bias[None, :, None, None]
-        weights = self.head.weight[classes]  # (B, D): only the wanted class of each image
-        return torch.einsum("bdhw,bd->bhw", features, weights) + self.head.bias[classes][:, None, None]
+        with full_precision(features.device.type):
+            if classes is None:
+                maps = torch.einsum("bdhw,cd->bchw", features, self.head.weight)
+                return maps + self.head.bias[None, :, None, None] if bias else maps
+            weights = self.head.weight[classes]  # (B, D): only the wanted class of each image
+            maps = torch.einsum("bdhw,bd->bhw", features, weights)
+            return maps + self.head.bias[classes][:, None, None] if bias else maps
 
     def arch_config(self) -> dict[str, Any]:
         return {"arch": self.arch, "num_classes": self.num_classes, **self._config}

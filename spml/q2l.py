@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spml.model import ModelOutput, SPMLModel, compact_backbone, resnet_backbone
+from spml.model import ModelOutput, SPMLModel, compact_backbone, full_precision, resnet_backbone
 
 BACKBONES: tuple[str, ...] = ("compact", "resnet18", "resnet34", "resnet50", "resnet101")
 
@@ -234,35 +234,39 @@ class Query2Label(SPMLModel):
 
     def forward(self, images: Tensor) -> ModelOutput:
         features = self.backbone(images)
-        height, width = features.shape[-2:]
-        memory = self.input_proj(features).flatten(2).transpose(1, 2)  # (B, h*w, hidden)
-        position = sine_position_embedding(height, width, memory.shape[-1], device=memory.device,
-                                           dtype=memory.dtype)[None]
-        for layer in self.encoder:
-            memory = layer(memory, position)
-        queries = self.query_embed.weight[None].expand(memory.shape[0], -1, -1)
-        target = torch.zeros_like(queries)
-        attention = None
-        last = len(self.decoder) - 1
-        for index, layer in enumerate(self.decoder):
-            # Only the last layer's weights are kept; the others may use the fused attention kernels.
-            target, attention = layer(target, queries, memory, position, need_weights=index == last)
-        logits = self.classifier(self.decoder_norm(target))
+        with full_precision(features.device.type):  # under autocast only the backbone is bfloat16
+            features = features.float()
+            height, width = features.shape[-2:]
+            memory = self.input_proj(features).flatten(2).transpose(1, 2)  # (B, h*w, hidden)
+            position = sine_position_embedding(height, width, memory.shape[-1], device=memory.device,
+                                               dtype=memory.dtype)[None]
+            for layer in self.encoder:
+                memory = layer(memory, position)
+            queries = self.query_embed.weight[None].expand(memory.shape[0], -1, -1)
+            target = torch.zeros_like(queries)
+            attention = None
+            last = len(self.decoder) - 1
+            for index, layer in enumerate(self.decoder):
+                # Only the last layer's weights are kept; the others may use the fused attention kernels.
+                target, attention = layer(target, queries, memory, position, need_weights=index == last)
+            logits = self.classifier(self.decoder_norm(target))
         return ModelOutput(logits=logits, features=features, attention=attention)
 
-    def class_maps(self, output: ModelOutput, classes: Tensor | None = None) -> Tensor:
+    def class_maps(self, output: ModelOutput, classes: Tensor | None = None, bias: bool = True) -> Tensor:
         """CAM_c = mean_d(F_d * A_c): the class query's attention over the positions weighting the
-        backbone features (as CALR's cam_functions.make_cam). A_c does not depend on the channel d,
-        so this is A_c times the channel mean of F, computed once for every class."""
+        backbone features (as CALR's cam_functions.make_cam; no bias, so ``bias`` changes nothing).
+        A_c does not depend on the channel d, so this is A_c times the channel mean of F, computed
+        once for every class."""
         if output.attention is None:
             raise ValueError("Query2Label class maps need the attention of the same forward pass")
         features = output.features
         batch, _, height, width = features.shape
-        attention = output.attention.reshape(batch, -1, height, width)
-        mean_features = features.mean(dim=1)  # (B, h, w)
-        if classes is None:
-            return attention * mean_features[:, None]
-        return attention[torch.arange(batch, device=attention.device), classes] * mean_features
+        with full_precision(features.device.type):
+            attention = output.attention.float().reshape(batch, -1, height, width)
+            mean_features = features.float().mean(dim=1)  # (B, h, w)
+            if classes is None:
+                return attention * mean_features[:, None]
+            return attention[torch.arange(batch, device=attention.device), classes] * mean_features
 
     def arch_config(self) -> dict[str, Any]:
         return {"arch": self.arch, "num_classes": self.num_classes, **self._options}

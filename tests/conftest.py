@@ -25,6 +25,16 @@ from spml.model import create_model
 from spml.rejection import RunningThresholds
 
 ROOT = Path(__file__).resolve().parents[1]
+# The app's tests import gradio; a machine without it (the stock GPU machine of scripts/gpu_check.sh)
+# runs everything else.
+collect_ignore = [] if importlib.util.find_spec("gradio") else ["test_app.py", "test_app_browser.py"]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU here"))])
+def any_device(request) -> torch.device:
+    """Core tests run on the CPU and, where there is one, on CUDA (scripts/gpu_check.sh runs them there)."""
+    return torch.device(request.param)
 
 
 def make_spread_model(image_size: int = 128, gap_threshold: float = 0.2, class_average: float = -5.0,

@@ -120,8 +120,8 @@ def test_analyze_callback_outputs_at_the_image_size(controller, app_inputs):
 def test_given_positive_controls_and_payload_forms(controller, app_inputs):
     path = app_inputs["scene"].path
     payload = {"path": str(path), "orig_name": "mine.png", "meta": {"_type": "gradio.FileData"}}
-    *_, summary = controller.analyze(payload, "star", 0.9, "reference")
-    assert "`star` (as given" in summary and "reference code normalisation, threshold 0.90" in summary
+    *_, summary = controller.analyze(payload, "star", 0.9, "calr")
+    assert "`star` (as given" in summary and "CALR code (batch-wise) normalisation, threshold 0.90" in summary
     data_url = {"path": None, "url": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()}
     assert controller.analyze(data_url)[1].shape == (128, 128, 3)
 

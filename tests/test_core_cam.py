@@ -29,17 +29,20 @@ def t(values) -> torch.Tensor:
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize("arch,options,size", [("compact", {"width": 8}, 32), ("resnet18", {}, 64)])
-def test_pooled_class_maps_with_bias_equal_the_logits(arch, options, size, batch_size):
+def test_pooled_class_maps_with_bias_equal_the_logits(arch, options, size, batch_size, any_device):
     torch.manual_seed(0)
-    model = create_model(arch, 5, **options).eval()
+    model = create_model(arch, 5, **options).eval().to(any_device)
     with torch.no_grad():
         model.head.bias.normal_()  # a non-zero bias, which the maps must include
-        output = model(torch.randn(batch_size, 3, size, size))
+        output = model(torch.randn(batch_size, 3, size, size, device=any_device))
         maps = model.class_maps(output)
         assert maps.shape == (batch_size, 5, *output.features.shape[-2:])
         assert torch.allclose(maps.mean(dim=(2, 3)), output.logits, atol=1e-5)
+        # without the bias (the CALR code's maps) they pool to the logits less the bias
+        unbiased = model.class_maps(output, bias=False).mean(dim=(2, 3))
+        assert torch.allclose(unbiased + model.head.bias, output.logits, atol=1e-5)
         # one class per image: the same maps, picked
-        classes = torch.arange(batch_size) % 5
+        classes = torch.arange(batch_size, device=any_device) % 5
         picked = model.class_maps(output, classes)
         assert picked.shape == (batch_size, *output.features.shape[-2:])
         assert torch.allclose(picked, maps[torch.arange(batch_size), classes], atol=1e-6)
@@ -66,22 +69,35 @@ def test_normalize_image_mode_ignores_the_rest_of_the_batch():
         assert torch.allclose(out[i], normalize_cams(cams[i:i + 1], "image")[0])
 
 
-def test_normalize_reference_mode_by_hand():
-    # per pixel across the batch: (cam - min_b) / max_b(cam - min_b)
+def test_normalize_calr_mode_by_hand():
+    # per pixel across the batch: (cam - min_b) / (max_b - min_b)
     # pixel (0,0): 1, 3, 5 -> 0, 2, 4 -> / 4 -> 0, 0.5, 1
     # pixel (0,1): 2, 2, 6 -> 0, 0, 4 -> / 4 -> 0, 0, 1
     # pixel (1,0): 7, 7, 7 -> 0, 0, 0 -> equal everywhere: 0
     # pixel (1,1): 0, -1, 3 -> 1, 0, 4 -> / 4 -> 0.25, 0, 1
     cams = t([[[1.0, 2.0], [7.0, 0.0]], [[3.0, 2.0], [7.0, -1.0]], [[5.0, 6.0], [7.0, 3.0]]])
-    out = normalize_cams(cams, "reference")
+    out = normalize_cams(cams, "calr")
     expected = t([[[0.0, 0.0], [0.0, 0.25]], [[0.5, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 1.0]]])
     assert torch.allclose(out, expected)
     assert not torch.isnan(out).any()
 
 
-def test_normalize_reference_mode_batch_of_one_has_no_nan():
+def test_normalize_ignore_mode_by_hand():
+    # per pixel across the batch: (cam - min_b) / max_b, the maximum of the maps themselves
+    # pixel (0,0): 1, 3, 5 -> 0, 2, 4 -> / 5 -> 0, 0.4, 0.8
+    # pixel (0,1): 2, 2, 8 -> 0, 0, 6 -> / 8 -> 0, 0, 0.75
+    # pixel (1,0): -4, -2, -1 -> 0, 2, 3 -> / -1 -> 0, -2, -3 (a negative maximum: nothing passes)
+    # pixel (1,1): 0, -1, 4 -> 1, 0, 5 -> / 4 -> 0.25, 0, 1.25
+    cams = t([[[1.0, 2.0], [-4.0, 0.0]], [[3.0, 2.0], [-2.0, -1.0]], [[5.0, 8.0], [-1.0, 4.0]]])
+    out = normalize_cams(cams, "ignore")
+    expected = t([[[0.0, 0.0], [0.0, 0.25]], [[0.4, 0.0], [-2.0, 0.0]], [[0.8, 0.75], [-3.0, 1.25]]])
+    assert torch.allclose(out, expected)
+
+
+@pytest.mark.parametrize("mode", ["calr", "ignore"])
+def test_normalize_batch_modes_batch_of_one_fall_back_to_per_image(mode):
     cams = t([[[1.0, 3.0], [2.0, 5.0]]])
-    out = normalize_cams(cams, "reference")
+    out = normalize_cams(cams, mode)
     assert not torch.isnan(out).any()
     assert torch.allclose(out, normalize_cams(cams, "image"))
 
@@ -118,7 +134,7 @@ def test_cam_masks_without_observed_positive_are_all_ones():
     torch.manual_seed(0)
     cams = torch.randn(3, 4, 4)
     has_positive = torch.tensor([True, False, True])
-    for mode in ("image", "reference"):
+    for mode in ("image", "calr", "ignore"):
         masks = cam_masks(cams, (8, 8), 0.5, mode, has_positive)
         assert masks.shape == (3, 8, 8)
         assert bool(masks[1].all())
@@ -126,7 +142,7 @@ def test_cam_masks_without_observed_positive_are_all_ones():
         alone = cam_masks(cams[[0, 2]], (8, 8), 0.5, mode)
         assert torch.equal(masks[[0, 2]], alone)
         assert not bool(masks[0].all())
-    none = cam_masks(cams, (8, 8), 0.5, "reference", torch.tensor([False, False, False]))
+    none = cam_masks(cams, (8, 8), 0.5, "calr", torch.tensor([False, False, False]))
     assert bool(none.all())
 
 

@@ -58,7 +58,7 @@ def _state(num_classes: int, gap: float, averages) -> dict:
 
 
 def test_save_load_round_trip(tmp_path):
-    original = _model(thresholds=_fed_thresholds(), cam_norm="reference", cam_threshold=0.6)
+    original = _model(thresholds=_fed_thresholds(), cam_norm="calr", cam_threshold=0.6)
     directory = save_checkpoint(original, tmp_path / "ckpt")
     assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]  # no .tmp left
     loaded = load_model(directory)
@@ -66,7 +66,7 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.classes == CLASSES
     assert loaded.image_size == 32
     assert tuple(loaded.mean) == IMAGENET_MEAN and tuple(loaded.std) == IMAGENET_STD
-    assert loaded.cam_norm == "reference" and loaded.cam_threshold == 0.6
+    assert loaded.cam_norm == "calr" and loaded.cam_threshold == 0.6
     assert loaded.thresholds.state_dict() == original.thresholds.state_dict()
     assert loaded.training["loss"] == "calr" and loaded.training["val_map"] == 12.5
     assert loaded.training["code_version"] == spml.__version__

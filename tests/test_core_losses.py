@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from spml.cam import apply_masks, cam_masks
+from spml.cam import apply_masks, cam_keeps_bias, cam_masks
 from spml.losses import (
     CALR,
     LOSS_NAMES,
@@ -500,7 +500,8 @@ def _single_positive_step(model, batch, objective):
     logits = output.logits
     with torch.no_grad():
         is_positive = observed == 1
-        cams = model.class_maps(output, is_positive.to(torch.uint8).argmax(dim=1))
+        cams = model.class_maps(output, is_positive.to(torch.uint8).argmax(dim=1),
+                                bias=cam_keeps_bias(objective.cam_norm))
         masks = cam_masks(cams.float(), tuple(images.shape[-2:]), objective.cam_threshold, objective.cam_norm,
                           is_positive.any(dim=1))
         with frozen_batchnorm_statistics(model):
@@ -512,7 +513,7 @@ def _single_positive_step(model, batch, objective):
     return calr_loss(logits, strong_logits, observed, rejected, objective.weights), rejected
 
 
-@pytest.mark.parametrize("norm", ["image", "reference"])
+@pytest.mark.parametrize("norm", ["image", "calr", "ignore"])
 def test_calr_step_with_one_positive_per_image_is_bit_identical_to_the_single_positive_computation(norm):
     model, batch = _tiny_model(seed=7), _batch(seed=8)
     twin = copy.deepcopy(model)

@@ -14,12 +14,12 @@ from spml.model import ARCHITECTURES, ModelOutput, create_model
     ("resnet18", {}, 64, 512, 2),  # output stride 32
     ("resnet50", {}, 64, 2048, 2),
 ])
-def test_create_model_shapes(arch, options, size, dim, grid):
+def test_create_model_shapes(arch, options, size, dim, grid, any_device):
     torch.manual_seed(0)
-    model = create_model(arch, 4, **options).eval()
+    model = create_model(arch, 4, **options).eval().to(any_device)
     assert model.arch == arch and model.num_classes == 4
     with torch.no_grad():
-        output = model(torch.randn(2, 3, size, size))
+        output = model(torch.randn(2, 3, size, size, device=any_device))
     assert isinstance(output, ModelOutput)
     assert output.logits.shape == (2, 4)
     assert output.features.shape == (2, dim, grid, grid)

@@ -35,10 +35,11 @@ def test_logit_gap_is_absolute_difference():
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
-def test_rejection_mask_by_hand(as_tensor):
-    threshold = torch.tensor(GAP_THRESHOLD) if as_tensor else GAP_THRESHOLD
-    mask = rejection_mask(t(LOGITS), t(MASKED), t(OBSERVED, torch.long), threshold, t(CLASS_AVERAGE))
-    assert mask.dtype == torch.bool
+def test_rejection_mask_by_hand(as_tensor, any_device):
+    threshold = torch.tensor(GAP_THRESHOLD, device=any_device) if as_tensor else GAP_THRESHOLD
+    mask = rejection_mask(t(LOGITS).to(any_device), t(MASKED).to(any_device),
+                          t(OBSERVED, torch.long).to(any_device), threshold, t(CLASS_AVERAGE).to(any_device))
+    assert mask.dtype == torch.bool and mask.device.type == any_device.type
     assert mask.tolist() == EXPECTED
 
 

@@ -23,7 +23,7 @@ class TrainConfig:
     arch_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = True
     epochs: int = 25
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: under torchrun each process loads batch_size / world size
     image_size: int = 448
     optimizer: str = "adam"  # adam | adamw
     lr: float = 1e-5
@@ -43,6 +43,9 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int | None = None
     max_steps_per_epoch: int | None = None  # for smoke runs and benchmarks
+    # Stop once val mAP falls more than this many points below the best (CALR code 2, Large-Loss 3).
+    early_stop_drop: float | None = None
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
     skip_bad: bool = False
     single_positive: bool = False  # draw one positive per row from labels by the protocol (files without one)
     log_every: int = 10
@@ -73,6 +76,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.early_stop_drop is not None and self.early_stop_drop < 0:
+            raise ValueError(f"early_stop_drop must be a number of mAP points >= 0, got {self.early_stop_drop}")
+        if self.sync_bn and int(self.loss_options.get("batchnorm_passes", 1)) > 1:
+            raise ValueError("sync_bn cannot be combined with loss_options batchnorm_passes > 1 (the repeated "
+                             "BatchNorm folds use each process's own statistics)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,15 @@ def all_reduce_sum(info: DistInfo, values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def any_rank(info: DistInfo, flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (one small all-reduce)."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def all_gather_objects(info: DistInfo, value: Any) -> list[Any]:
     if not info.enabled:
         return [value]

@@ -105,10 +105,18 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
     for step, batch in enumerate(loader):
         if step >= steps:
             break
-        if batch is None:  # every image of the batch was broken and skipped
+        skip = batch is None  # every image of the batch was broken and skipped
+        if config.skip_bad:
+            # Every rank skips when one must: a rank that skipped alone would miss the collectives of
+            # the step (DDP's gradient all-reduce, the running thresholds') and the others would wait.
+            skip = distributed.any_rank(info, skip, device)
+        if skip:
+            if info.enabled and info.is_main:
+                log.warning("step %d skipped on every rank: a rank's whole batch was broken", step)
             bar.update(1)
             continue
         batch = _to_device(batch, device, channels_last)
+        # Autocast reaches the backbone only: the models run their heads, logits and maps in float32.
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             result: StepResult = objective.step(model, batch, epoch)
         optimizer.zero_grad(set_to_none=True)
@@ -218,6 +226,32 @@ def build_objective(config: TrainConfig, train_split: Split) -> Objective:
                             expected_positives=expected, **options)
 
 
+def early_stop_reached(best_val_map: float, val_map: float, drop: float | None) -> bool:
+    """The public codes' rule: stop once validation mAP falls more than ``drop`` points below the
+    best so far (CALR: 2, Large-Loss: 3); ``None`` never stops."""
+    return drop is not None and best_val_map - val_map > drop
+
+
+def per_process_batch(batch_size: int, world_size: int) -> int:
+    """The recipe's ``batch_size`` is the global batch: each of the ``world_size`` processes loads its share."""
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is the global batch and must divide evenly among the "
+                         f"{world_size} processes of this run; choose a multiple of {world_size}")
+    return batch_size // world_size
+
+
+def prepare_network(network: SPMLModel, config: TrainConfig, info: DistInfo, device: torch.device) -> SPMLModel:
+    """Channels-last and, under torchrun with ``sync_bn``, BatchNorm statistics over the global batch."""
+    if config.sync_bn and info.enabled:
+        if device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU); "
+                             "drop sync_bn or train on GPUs")
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    if config.channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    return network
+
+
 @dataclass
 class RunState:
     """What a resumed run needs besides the weights: where it stopped and how it went so far."""
@@ -226,6 +260,7 @@ class RunState:
     best_val_map: float = -1.0
     best_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_epoch: int | None = None  # the epoch after which the early stop ended training
 
 
 def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
@@ -308,8 +343,7 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
     torch.manual_seed(config.seed)
     num_classes = len(dataset.classes)
     network = create_model(config.arch, num_classes, pretrained=config.pretrained, **config.arch_options).to(device)
-    if config.channels_last:
-        network = network.to(memory_format=torch.channels_last)
+    network = prepare_network(network, config, info, device)
     objective = build_objective(config, train_split).to(device)
     train_set = ImageDataset(train_split, weak_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD),
                              strong_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD)
@@ -318,7 +352,8 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
     sampler = DistributedSampler(source, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=config.seed) if info.enabled else None
     generator = torch.Generator()
-    loader = DataLoader(source, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+    loader = DataLoader(source, batch_size=per_process_batch(config.batch_size, info.world_size),
+                        shuffle=sampler is None, sampler=sampler,
                         num_workers=config.workers, collate_fn=collate_skipping_none, generator=generator,
                         pin_memory=device.type == "cuda")
     optimizer = build_optimizer(config, network, objective)
@@ -340,12 +375,14 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
         log.info("resuming %s after epoch %d (best val mAP %.2f at epoch %d)", run, state.epoch,
                  state.best_val_map, state.best_epoch)
 
-    log.info("training %s/%s on %s: %d train, %d val images, %d classes, %s, world size %d",
-             config.arch, config.loss, config.data, len(train_split.images), len(val_split.images), num_classes,
-             device, info.world_size)
+    log.info("training %s/%s on %s: %d train, %d val images, %d classes, %s, world size %d, batch %d "
+             "(%d per process), %d steps per epoch", config.arch, config.loss, config.data, len(train_split.images),
+             len(val_split.images), num_classes, device, info.world_size, config.batch_size, loader.batch_size,
+             steps_per_epoch(loader, config))
     full_labels_known = train_split.has_hidden_labels
     dataset_name = Path(config.data).name
-    for epoch in range(state.epoch + 1, config.epochs + 1):
+    first_epoch = config.epochs + 1 if state.stopped_epoch is not None else state.epoch + 1
+    for epoch in range(first_epoch, config.epochs + 1):
         # Shuffling and augmentation are seeded per epoch, so a resumed epoch replays identically.
         torch.manual_seed(config.seed * 1000 + epoch)
         generator.manual_seed(config.seed * 1000 + epoch)
@@ -370,8 +407,11 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
         if info.is_main:
             if val_map > state.best_val_map:
                 state.best_val_map, state.best_epoch = val_map, epoch
+                # The best checkpoint keeps the thresholds of its own epoch, which describe its weights.
                 save_checkpoint(_loaded(network, dataset.classes, config, thresholds,
                                         _training_summary(config, state, dataset_name)), run / "best")
+            elif early_stop_reached(state.best_val_map, val_map, config.early_stop_drop):
+                state.stopped_epoch = epoch
             _atomic_torch_save({"model": network.state_dict(), "objective": objective.state_dict(),
                                 "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -383,6 +423,10 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
                      row["images_per_s"])
         state = distributed.broadcast_object(info, state)
         distributed.barrier(info)
+        if state.stopped_epoch is not None:
+            log.info("early stop after epoch %d: val mAP %.2f is more than %g below the best, %.2f at epoch %d",
+                     epoch, val_map, config.early_stop_drop, state.best_val_map, state.best_epoch)
+            break
     return _finish(config, test_split, state, device, info, run, dataset_name)
 
 
@@ -399,7 +443,8 @@ def _finish(config: TrainConfig, test_split: Split | None, state: RunState, devi
     best = load_model(run / "best", device=device)
     test_map = evaluate(best.network, test_split, config, device, info) if test_split is not None else None
     summary = {**_training_summary(config, state, dataset_name), "test_map": test_map,
-               "data": str(config.data), "checkpoint": str(run / "best")}
+               "stopped_early_after_epoch": state.stopped_epoch, "data": str(config.data),
+               "checkpoint": str(run / "best")}
     last = state.history[-1] if state.history else {}
     precisions = [row["rejection_precision"] for row in state.history if row.get("rejection_precision") is not None]
     summary["final_rejection_precision"] = last.get("rejection_precision")

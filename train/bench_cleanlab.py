@@ -52,11 +52,11 @@ from train.config import TrainConfig
 
 def add_bench_cleanlab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", default="runs/bench-cleanlab", help="folder for the worlds, runs and reports")
-    parser.add_argument("--train", type=int, default=240, help="training images of each world")
-    parser.add_argument("--val", type=int, default=60)
-    parser.add_argument("--image-size", type=int, default=48)
-    parser.add_argument("--width", type=int, default=12, help="compact backbone width")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--train", type=int, default=400, help="training images of each world")
+    parser.add_argument("--val", type=int, default=100)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--width", type=int, default=16, help="compact backbone width")
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--keep", type=float, default=0.5,
                         help="partial-label world: each true label is kept with this probability (at least one)")

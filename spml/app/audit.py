@@ -361,10 +361,9 @@ class AuditController:
         )
         status = (f"Decided {len(made)} of {len(rows)}: {made.count('confirm')} confirmed, {made.count('dismiss')} "
                   "dismissed. Keys: **C** confirm · **D** dismiss · **←/→** or **P/N** previous/next · **U** undo.")
-        crop = evidence["crop"] if evidence["box"] is not None else None
         return ReviewView(position=position, question=question, review_cam=evidence["suspect_overlay"],
                           review_positive=evidence["positive_overlay"], review_masked=evidence["masked_image"],
-                          review_crop=crop, status=status)
+                          review_crop=evidence["crop"], status=status)
 
     def review_open(self, audit_id: str | None) -> ReviewView:
         """Open the review at the best-ranked undecided suspect."""

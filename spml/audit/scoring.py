@@ -249,7 +249,6 @@ def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, 
         positive_cam = np.max([_display_map(maps[loaded.classes.index(n)], shown) for n in positives], axis=0)
         region = positive_cam > loaded.cam_threshold
     shown_box = mask_box(region) if positives else None
-    suspect_overlay = heatmap_overlay(picture, suspect_cam)
     return {
         "image": picture,
         "image_size": (int(own[0]), int(own[1])),
@@ -258,7 +257,7 @@ def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, 
         "positive_given": bool(positives),
         "fold": fold,
         "suspect_cam": suspect_cam,
-        "suspect_overlay": suspect_overlay,
+        "suspect_overlay": heatmap_overlay(picture, suspect_cam),
         "positive_cam": positive_cam,
         "positive_overlay": None if positive_cam is None else heatmap_overlay(picture, positive_cam),
         "masked_image": masked_display(picture, region, loaded.mean),
@@ -266,6 +265,4 @@ def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, 
         **values,
         "rejected": bool(values["rejected"]),
         "gap_threshold": None if loaded.thresholds is None else loaded.thresholds.gap_threshold,
-        "overlay": suspect_overlay,
-        "box": shown_box,
     }

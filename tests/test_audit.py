@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_spread_model
+from report_checks import assert_same_report, read_rows
 
 from spml.audit import REPORT_COLUMNS, audit_dataset, batch_evidence, candidate_values, missing_label_score
 from spml.audit.report import PART_COLUMNS, merge_report
@@ -49,11 +49,6 @@ def reference(world, model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "audit.csv"
     audit_dataset(model, world, "test", out, batch_size=5, show_progress_bar=False)
     return out
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 # --- evaluation metrics ------------------------------------------------------------------------
@@ -296,19 +291,6 @@ def test_ranks_without_a_shared_disk_send_their_rows_to_rank_0(world, model, ref
     returned = [json.loads(Path(out).with_suffix(".returned.json").read_text()) for out in outs]
     assert returned[0] == returned[1] and returned[0]["world_size"] == 2 and returned[0]["images"] == 12
     assert not Path(outs[1]).exists() and not (tmp_path / "machine1" / "audit.csv.parts").exists()
-
-
-def assert_same_report(rows: list[dict[str, str]], expected: list[dict[str, str]]) -> None:
-    """Same candidates with the same values; floats up to the last digit, which may differ where a
-    batch holds other images (the kernels block the work differently), and so the order of near ties."""
-    assert len(rows) == len(expected)
-    keyed = {(row["image"], row["class"]): row for row in rows}
-    for want in expected:
-        got = keyed[(want["image"], want["class"])]
-        for column in ("score", "probability", "logit", "masked_logit", "gap"):
-            assert float(got[column]) == pytest.approx(float(want[column]), rel=1e-5, abs=1e-6), column
-        for column in ("rejected", "positive", "truth", "line", "decision"):
-            assert got[column] == want[column], column
 
 
 # --- bad data ---------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_checks import assert_same_report, read_rows
 
 from spml.audit import FoldModels, audit_dataset, load_audit_model
 from spml.checkpoint import load_model
@@ -33,11 +33,6 @@ def run(world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     assert train_main(["fit", "--data", str(world), "--out", str(out), "--folds", "2", *FIT]) == 0
     return out
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_folds_partition_the_training_split_by_the_seed():
@@ -107,12 +102,4 @@ def test_torchrun_spreads_the_folds_and_the_audit_equals_the_single_process_one(
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["world_size"] == 2
-    rows, expected = read_rows(out), read_rows(single.csv_path)
-    assert len(rows) == len(expected)
-    keyed = {(row["image"], row["class"]): row for row in rows}
-    for want in expected:
-        got = keyed[(want["image"], want["class"])]
-        for column in ("score", "probability", "logit", "masked_logit", "gap"):
-            assert float(got[column]) == pytest.approx(float(want[column]), rel=1e-5, abs=1e-6), column
-        for column in ("rejected", "positive", "truth", "line", "suspect_box", "positive_box", "fold"):
-            assert got[column] == want[column], column
+    assert_same_report(read_rows(out), read_rows(single.csv_path))

@@ -122,11 +122,15 @@ def test_export_round_trip_then_training_reads_the_negatives(world, tmp_path):
     assert [r["image"] for r in out_rows] == [r["image"] for r in rows]  # every row, in order
     assert all(r["labels"] == o["labels"] for r, o in zip(rows[2:], out_rows[2:], strict=True))
 
+    assert out_rows[0]["positive"] == f"{rows[0]['positive']};{missing}"  # the confirmation is an annotation
     again = load_dataset(corrected)
-    for name in ("train", "val"):  # the positives are the ones the audit saw: the protocol is not re-drawn
-        assert np.array_equal(again.split(name).observed.clip(0, 1), dataset.split(name).observed)
     row_first, row_second = index_of(again, corrected / first), index_of(again, corrected / second)
     split_first, split_second = again.split(row_first[0]), again.split(row_second[0])
+    for name in ("train", "val"):  # otherwise the positives the audit saw: the protocol is not re-drawn
+        expected = dataset.split(name).observed.copy()
+        if name == row_first[0]:
+            expected[row_first[1], SYNTHETIC_CLASSES.index(missing)] = 1
+        assert np.array_equal(again.split(name).observed.clip(0, 1), expected)
     assert split_first.labels[row_first[1], SYNTHETIC_CLASSES.index(missing)] == 1
     for name in (hidden, absent):
         assert split_second.observed[row_second[1], SYNTHETIC_CLASSES.index(name)] == -1

@@ -134,8 +134,10 @@ def export_corrected_dataset(
     reviewer's word wins over the file. Every other column, row and value stays as it was.
 
     The annotated positives (the ``positive`` column, or every label of a file without one) cannot be
-    dismissed. In a file without a ``positive`` column a confirmed class becomes annotated like the
-    others. Returns counts and the decisions that could not be applied, with reasons.
+    dismissed. A confirmed class becomes annotated: in a file with a ``positive`` column it is added
+    there too (a reviewer's confirmation is an annotation, so retraining on the export observes it),
+    in a file without one it is a label like the others. Returns counts and the decisions that could
+    not be applied, with reasons.
     """
     root = Path(dataset_root)
     if PurePosixPath(split_csv_name).name != split_csv_name or not split_csv_name.endswith(".csv"):
@@ -167,6 +169,7 @@ def export_corrected_dataset(
         new_labels, new_absent = list(labels), list(absent)
         # Without a positive column every label is annotated (the data set as its annotators left it).
         positives = split_names(record[positive_col]) if positive_col is not None else labels
+        new_positives = list(positives)
         for name, decision in wanted[image].items():
             if name not in classes:
                 problems.append(f"{image}: unknown class {name!r}")
@@ -174,6 +177,7 @@ def export_corrected_dataset(
                 problems.append(f"{image}: {name!r} is the annotated positive and cannot be dismissed")
             elif decision == "confirm":
                 new_labels += [] if name in new_labels else [name]
+                new_positives += [] if name in new_positives else [name]
                 new_absent = [n for n in new_absent if n != name]
                 applied["confirm"] += 1
             elif decision == "dismiss":
@@ -184,6 +188,8 @@ def export_corrected_dataset(
                 problems.append(f"{image}: unknown decision {decision!r} for {name!r}")
         if new_labels != labels:  # rewritten only where changed: every other cell keeps its text
             record[labels_col] = SEPARATOR.join(new_labels)
+        if positive_col is not None and new_positives != positives:
+            record[positive_col] = SEPARATOR.join(new_positives)
         if new_absent != absent:
             negatives[line] = new_absent
     problems += [f"{image}: not in {split_csv_name}" for image in sorted(set(wanted) - matched)]

@@ -52,17 +52,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: this process's GPU when CUDA is available (``LOCAL_RANK`` under torchrun), else the
-    CPU. An explicit ``cuda`` without a GPU is an error that says what to use instead."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-        return device
+    """``auto``: this process's GPU when CUDA is available, else the CPU. ``auto`` and a bare ``cuda``
+    take the GPU of this process (``LOCAL_RANK`` under torchrun, so every rank gets its own); ``cuda:N``
+    is taken as given. An explicit ``cuda`` without a GPU is an error that says what to use instead."""
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was asked for, but no CUDA GPU is available here "
                            "(torch.cuda.is_available() is False); use --device cpu or auto")
+    if name in ("auto", "cuda"):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        return device
     return torch.device(name)
 
 

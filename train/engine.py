@@ -328,9 +328,6 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     """Train, select by clean-validation mAP, test the best model; resume from ``config.out``."""
     device = resolve_device(config.device)
     info = init_distributed(device.type)
-    if device.type == "cuda" and config.device == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
     if config.amp is None:
         config.amp = device.type == "cuda"
     if config.channels_last is None:

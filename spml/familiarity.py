@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,7 @@ def fit_statistics(descriptors: np.ndarray, data: str = "", split: str = "") -> 
     statistics = ImageStatistics(mean, eigenvectors[:, order].T, eigenvalues[order] + floor, floor, 0.0,
                                  descriptors.shape[0], data, split)
     threshold = float(np.quantile(statistics.distance(descriptors), QUANTILE)) * MARGIN
-    return ImageStatistics(statistics.mean, statistics.components, statistics.variances, floor, threshold,
-                           descriptors.shape[0], data, split)
+    return replace(statistics, threshold=threshold)
 
 
 # scikit-image's sample photographs (shipped in its wheel), for measuring how often the notice is right.

@@ -129,10 +129,12 @@ class RunningThresholds:
         gap_steps = float(self._gap_steps.min())  # per-class gaps: the class seen least
         return float(1 - self.momentum ** min(gap_steps, float(self._average_steps)))
 
-    def _corrected(self, value: Tensor, steps: Tensor) -> Tensor:
-        if not self.bias_correction:
-            return value
+    def _unbiased(self, value: Tensor, steps: Tensor) -> Tensor:
+        """``value`` divided by ``1 - m**steps`` where it has been updated: the settled estimate."""
         return torch.where(steps > 0, value / (1 - self.momentum ** steps), value)
+
+    def _corrected(self, value: Tensor, steps: Tensor) -> Tensor:
+        return self._unbiased(value, steps) if self.bias_correction else value
 
     @property
     def gap_threshold_tensor(self) -> Tensor:
@@ -147,16 +149,12 @@ class RunningThresholds:
     @property
     def settled_gap_threshold(self) -> float:
         """T_gap as its settled (bias-corrected) estimate, whatever the rule uses: a diagnostic."""
-        steps = self._gap_steps
-        value = torch.where(steps > 0, self._gap / (1 - self.momentum ** steps), self._gap)
-        return float(value.mean())
+        return float(self._unbiased(self._gap, self._gap_steps).mean())
 
     @property
     def settled_class_average(self) -> Tensor:
         """A_c as its settled (bias-corrected) estimate, whatever the rule uses: a diagnostic."""
-        if self.steps == 0:
-            return self._class_average
-        return self._class_average / (1 - self.momentum ** self._average_steps)
+        return self._unbiased(self._class_average, self._average_steps)
 
     @property
     def class_average(self) -> Tensor:

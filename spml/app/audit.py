@@ -38,6 +38,7 @@ from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import ImageLoadError
 from spml.data.importers import ConvertError, convert_any
 from spml.data.synthetic import make_synthetic_dataset
+from spml.runtime import atomic_write_text
 
 EXAMPLE_AUDIT_SEED = 7  # not the demo's training seed: scenes the model never saw
 EXAMPLE_AUDIT_IMAGES = 80  # train.csv rows; the audit reads its protocol 80% (64 scenes)
@@ -115,7 +116,7 @@ class AuditWorkspace:
         with self._guard:
             if not path.is_file():
                 self.directory.mkdir(parents=True, exist_ok=True)
-                path.write_text(secrets.token_hex(16))
+                atomic_write_text(path, secrets.token_hex(16))
             return path.read_text().strip()
 
 
@@ -276,10 +277,11 @@ class AuditController:
                 os.replace(scratch, folder)
         view = self._audit(folder, key, "train", 500, 12, progress)
         run = self._run(view.audit_id)
-        evaluation = run.summary.get("evaluation") or {}
+        summary = run.summary  # read from report.json on each access
+        evaluation = summary.get("evaluation") or {}
         hidden = int(evaluation.get("hidden_positives") or 0)
         found = sum(row.get("truth") == "1" for row in run.rows(hidden))
-        note = (f"  \n**Example world:** {run.summary['images']} scenes drawn on the spot, each annotated with one "
+        note = (f"  \n**Example world:** {summary['images']} scenes drawn on the spot, each annotated with one "
                 f"of its shapes; {hidden} labels are missing. **The first {hidden} suspects found {found} of them** "
                 f"({100.0 * found / max(hidden, 1):.0f}%). Review them below: C confirms, D dismisses.")
         return replace(view, audit_summary=view.audit_summary + note)
@@ -306,7 +308,7 @@ class AuditController:
                     raise UserError(message, title="Cannot audit this data set") from None
                 meta = {"checkpoint": key, "split": split, "split_csv": split_csv,
                         "dataset": os.path.relpath(dataset, folder), "source": source.name}
-                (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+                atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
         run = self._run(audit_id)
         rows = run.rows(max(AUDIT_TABLE_ROWS, gallery_size))
         gallery = []

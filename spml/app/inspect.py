@@ -74,7 +74,7 @@ def table_data(result: AnalysisResult) -> dict[str, list]:
 def summary_markdown(result: AnalysisResult, notes: list[str]) -> str:
     height, width = result.image.shape[:2]
     how = "as given" if result.positive_given else "the top prediction"
-    positives = result.positives or [result.positive]
+    positives = result.positives
     named = ", ".join(f"`{name}` ({how}, p = {result.probabilities[name]:.3f})" for name in positives)
     union = " (the union of their regions is the mask)" if len(positives) > 1 else ""
     lines = [

@@ -31,8 +31,8 @@ REPORT_COLUMNS = ("rank", "image", "class", "score", "rejected", "positive", "pr
                   "masked_logit", "gap", "truth", "line", "suspect_box", "positive_box", "fold", "decision")
 # A part file holds the report's rows without rank and decision, in this order.
 PART_COLUMNS = REPORT_COLUMNS[1:-1]
-_SCORE, _LOGIT, _TRUTH, _CLASS, _IMAGE = (PART_COLUMNS.index(name)
-                                          for name in ("score", "logit", "truth", "class", "image"))
+_SCORE, _LOGIT, _TRUTH, _CLASS, _IMAGE, _REJECTED = (
+    PART_COLUMNS.index(name) for name in ("score", "logit", "truth", "class", "image", "rejected"))
 RUN_ROWS = 100_000  # rows per sorted run on disk: bounds the memory of the final sort
 TOP_K = 100  # the fixed k of precision/recall@k, beside k = number of hidden positives
 RANKINGS = ("audit", "probability", "large_loss")
@@ -139,7 +139,7 @@ def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_
 
     def counted(rows: Iterable[list[str]]) -> Iterator[list[str]]:
         for row in rows:
-            rejected = row[PART_COLUMNS.index("rejected")] == "1"
+            rejected = row[_REJECTED] == "1"
             rule["rejected"] += rejected
             if has_truth and row[_TRUTH] == "1":
                 positives[row[_CLASS]] += 1

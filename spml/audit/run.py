@@ -42,7 +42,7 @@ from spml.audit.report import merge_report, report_json_path
 from spml.audit.scoring import SCORE_FORMULA, SCORE_VERSION, batch_evidence, candidate_values, format_box, gap_scale
 from spml.checkpoint import LoadedModel
 from spml.data.dataset import ImageDataset, SkipBrokenImages, collate_skipping_broken
-from spml.data.generic import Split, load_dataset
+from spml.data.generic import SEPARATOR, Split, load_dataset
 from spml.data.transforms import eval_transform
 from spml.runtime import atomic_write_text, close_distributed, init_distributed
 
@@ -167,7 +167,7 @@ def _batch_rows(names: list[str], images: list[str], lines: list[int], observed:
     writer = csv.writer(buffer, lineterminator="\n")
     count = 0
     for row, (image, line) in enumerate(zip(images, lines, strict=True)):
-        positive = ";".join(names[c] for c in np.flatnonzero(observed[row] == 1))
+        positive = SEPARATOR.join(names[c] for c in np.flatnonzero(observed[row] == 1))
         for c in np.flatnonzero(observed[row] == 0):
             values = candidate_values(evidence, row, int(c))
             writer.writerow([

@@ -63,7 +63,7 @@ from spml.cam import (
     upsample_maps,
 )
 from spml.checkpoint import LoadedModel
-from spml.data.generic import split_names
+from spml.data.generic import SEPARATOR, split_names
 from spml.data.images import DOWNSCALED_KEY, load_image
 from spml.data.transforms import eval_transform
 from spml.rejection import logit_gap, rejection_mask
@@ -253,7 +253,7 @@ def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, 
         "image": picture,
         "image_size": (int(own[0]), int(own[1])),
         "class": name,
-        "positive": ";".join(positives),
+        "positive": SEPARATOR.join(positives),
         "positive_given": bool(positives),
         "fold": fold,
         "suspect_cam": suspect_cam,

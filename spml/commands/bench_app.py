@@ -143,6 +143,9 @@ def _verdict(ratios: dict[str, float]) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and torch.get_num_threads() != 1:
+        print("--clock cpu counts this thread only: pass --threads 1")
+        return 2
     gradcam = not args.no_gradcam
     if gradcam:
         try:
@@ -159,9 +162,6 @@ def run(args: argparse.Namespace) -> int:
                                    image_size=args.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)))
     if args.checkpoint and Path(args.checkpoint).is_dir():
         models.append((args.checkpoint, load_model(args.checkpoint)))
-    if args.clock == "cpu" and torch.get_num_threads() != 1:
-        print("--clock cpu counts this thread only: pass --threads 1")
-        return 2
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     results = [bench_model(name, model, args.rounds, args.warmup, gradcam, clock) for name, model in models]
     if args.json:

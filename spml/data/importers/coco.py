@@ -45,25 +45,35 @@ def _load(path: Path) -> dict:
     return data
 
 
+def _load_if_coco(path: Path) -> dict | None:
+    """The content of ``path`` when it is a JSON file holding COCO instances, else None."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    try:
+        return _load(path)
+    except ConvertError:
+        return None
+
+
 def is_coco_file(path: Path) -> bool:
     """Whether ``path`` is a JSON file holding COCO instances (images, annotations, categories)."""
-    if path.suffix.lower() != ".json" or not path.is_file():
-        return False
-    try:
-        _load(path)
-    except ConvertError:
-        return False
-    return True
+    return _load_if_coco(path) is not None
 
 
-def find_annotation_file(source: Path) -> Path:
-    """``source`` itself when it is a file; else the one COCO instances JSON in it or in ``annotations/``."""
+def find_annotation_file(source: Path) -> tuple[Path, dict]:
+    """``source`` itself when it is a file; else the one COCO instances JSON in it or in ``annotations/``;
+    with its content (parsed once: an instances file can be hundreds of megabytes)."""
     if source.is_file():
-        return source
-    candidates = sorted(p for folder in (source, source / "annotations") if folder.is_dir()
-                        for p in folder.glob("*.json") if is_coco_file(p))
+        return source, _load(source)
+    candidates: list[tuple[Path, dict]] = []
+    for path in sorted(p for folder in (source, source / "annotations") if folder.is_dir()
+                       for p in folder.glob("*.json")):
+        data = _load_if_coco(path)
+        if data is not None:
+            # Only the content of the first is kept: more than one is an error below.
+            candidates.append((path, data if not candidates else {}))
     if len(candidates) != 1:
-        found = ", ".join(p.name for p in candidates) or "none"
+        found = ", ".join(p.name for p, _ in candidates) or "none"
         raise ConvertError(f"{source}: expected one COCO instances JSON (found: {found}); name the file as SOURCE")
     return candidates[0]
 
@@ -87,8 +97,7 @@ def _image_folder(path: Path, images: list[dict], given: Path | None) -> Path:
 
 
 def read(source: Path, images: Path | None = None, skip_bad: bool = False) -> Collected:
-    path = find_annotation_file(source)
-    data = _load(path)
+    path, data = find_annotation_file(source)
     problems = Problems(skip_bad)
     classes: list[str] = []
     category_names: dict[object, str] = {}

@@ -116,6 +116,7 @@ def read(source: Path, images: Path | None = None, skip_bad: bool = False) -> Co
         del folders["val"]  # a val that is the training set is no validation: split train by the protocol
     root = Path(os.path.commonpath([f.resolve() for fs in folders.values() for f in fs]))
     problems = Problems(skip_bad)
+    order = {name: i for i, name in enumerate(classes)}
     splits: dict[str, list[Entry]] = {}
     unlabelled = 0
     for split, split_folders in folders.items():
@@ -133,7 +134,6 @@ def read(source: Path, images: Path | None = None, skip_bad: bool = False) -> Co
                 if not labels:
                     unlabelled += 1
                     continue
-                order = {name: i for i, name in enumerate(classes)}
                 entries.append(Entry(image.relative_to(root).as_posix(),
                                      sorted(dict.fromkeys(labels), key=order.__getitem__)))
     return Collected(classes, root, splits, problems.messages, unlabelled)

@@ -109,21 +109,30 @@ def large_loss_selection(loss_matrix: Tensor, observed: Tensor, fraction: float)
     return selected.view_as(loss_matrix)
 
 
+RAN_VIEWS = ("strong", "both", "weak")
+
+
 def calr_loss(
     logits: Tensor,
     strong_logits: Tensor,
     observed: Tensor,
     rejected: Tensor,
     weights: tuple[float, float, float] = (0.5, 1.0, 0.5),
+    ran_views: str = "strong",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """w_spbc * SPBC(weak) + w_ran * RAN(strong, rejected entries dropped) + w_l2 * MSE(strong, weak).
+    """w_spbc * SPBC(weak) + w_ran * RAN + w_l2 * MSE(strong, weak).
 
+    RAN is AN with the rejected entries dropped, on the strong view (``ran_views="strong"``, the
+    paper's and the public code's), on the weak view (``"weak"``), or the sum of both (``"both"``).
     Only unknown entries can be dropped: observed positives and known negatives stay in RAN whatever
     ``rejected`` says."""
+    if ran_views not in RAN_VIEWS:
+        raise ValueError(f"unknown ran_views {ran_views!r}; choose one of {', '.join(RAN_VIEWS)}")
     positive = observed == 1
     spbc = neg_log_sigmoid(logits[positive]).mean() if bool(positive.any()) else logits.sum() * 0.0
     kept = ~rejected | (observed != 0)
-    ran = assume_negative_matrix(strong_logits, observed)[kept].mean()
+    views = {"strong": (strong_logits,), "weak": (logits,), "both": (logits, strong_logits)}[ran_views]
+    ran = sum(assume_negative_matrix(view, observed)[kept].mean() for view in views)
     consistency = F.mse_loss(strong_logits, logits)
     w_spbc, w_ran, w_l2 = weights
     total = w_spbc * spbc + w_ran * ran + w_l2 * consistency
@@ -221,8 +230,10 @@ def masked_pass_batchnorm(model: nn.Module, mode: str) -> Iterator[None]:
 
 # The reference's rule, and ours: what a CALR built without options (no recipe) uses. Chosen by the
 # ablations of the method benchmark (README, "Method benchmark"; Decisions).
-REFERENCE_OPTIONS: dict[str, Any] = {"bias_correction": False, "masked_bn": "update", "per_class_gap": False}
-CALR_DEFAULTS: dict[str, Any] = {"bias_correction": True, "masked_bn": "batch", "per_class_gap": False}
+REFERENCE_OPTIONS: dict[str, Any] = {"bias_correction": False, "masked_bn": "update", "per_class_gap": False,
+                                     "ran_views": "strong"}
+CALR_DEFAULTS: dict[str, Any] = {"bias_correction": True, "masked_bn": "batch", "per_class_gap": False,
+                                 "ran_views": "both"}
 
 
 class Objective(nn.Module):
@@ -376,6 +387,9 @@ class CALR(Objective):
       leaves T_gap near 0 and A_c near 0 and the rule rejects far too much.
     - ``masked_bn``: BatchNorm in the masked pass, see :func:`masked_pass_batchnorm`.
     - ``per_class_gap``: one gap threshold per class instead of one for all.
+    - ``ran_views``: the view(s) RAN trains the negatives on: ``strong`` (the paper's), ``weak``, or
+      ``both`` (the sum). The paper's CALR sees its negatives only through RandAugment; ``both`` also
+      trains them on the view that matches test images, which won on every world of the benchmark.
     - ``warmup_steps``: when given, rejection starts after this many training steps of this
       objective instead of after ``warmup_epochs`` epochs.
     - ``batchnorm_passes=2`` folds every batch of every model call into BatchNorm twice, as the CALR
@@ -390,12 +404,17 @@ class CALR(Objective):
                  warmup_epochs: int = 3, weights: tuple[float, float, float] = (0.5, 1.0, 0.5),
                  momentum: float = 0.999, bias_correction: bool | None = None, reference: bool = False,
                  masked_bn: str | None = None, per_class_gap: bool | None = None, warmup_steps: int | None = None,
-                 batchnorm_passes: int = 1):
+                 batchnorm_passes: int = 1, ran_views: str | None = None):
         super().__init__()
         chosen = REFERENCE_OPTIONS if reference else CALR_DEFAULTS
         if reference and masked_bn not in (None, "update"):
             raise ValueError(f"reference CALR updates BatchNorm in the masked pass; masked_bn={masked_bn!r} "
                              "contradicts it")
+        if reference and ran_views not in (None, "strong"):
+            raise ValueError(f"reference CALR computes RAN on the strong view; ran_views={ran_views!r} contradicts it")
+        self.ran_views = chosen["ran_views"] if ran_views is None else ran_views
+        if self.ran_views not in RAN_VIEWS:
+            raise ValueError(f"unknown ran_views {self.ran_views!r}; choose one of {', '.join(RAN_VIEWS)}")
         if batchnorm_passes < 1:
             raise ValueError(f"batchnorm_passes must be at least 1, got {batchnorm_passes}")
         self.batchnorm_passes = batchnorm_passes
@@ -466,7 +485,7 @@ class CALR(Objective):
                 self._warn_if_unsettled()
             rejected = rejection_mask(detached, masked, observed, self.thresholds.gap_threshold_tensor,
                                       self.thresholds.class_average)
-        loss, parts = calr_loss(logits, strong_logits, observed, rejected, self.weights)
+        loss, parts = calr_loss(logits, strong_logits, observed, rejected, self.weights, self.ran_views)
         return StepResult(loss=loss, logits=detached, rejected=rejected, parts=parts)
 
 

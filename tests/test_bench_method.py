@@ -70,5 +70,5 @@ def test_partial_labels_keep_a_subset_and_at_least_one():
 def test_default_sweep_spans_the_issue_range():
     steps = [w.steps_per_epoch for w in WORLDS.values()]
     classes = [w.world.classes for w in WORLDS.values()]
-    assert min(steps) == 20 and max(steps) == 150 and min(classes) == 6 and max(classes) == 20
+    assert min(steps) == 20 and max(steps) == 300 and min(classes) == 6 and max(classes) == 20
     assert {w.labels for w in WORLDS.values()} == {"single", "partial"}

@@ -42,10 +42,13 @@ def test_defaults_without_a_recipe_and_reference_options():
     assert ours.thresholds.bias_correction is CALR_DEFAULTS["bias_correction"] is True
     assert ours.masked_bn == CALR_DEFAULTS["masked_bn"] == "batch"
     assert ours.thresholds.per_class_gap is CALR_DEFAULTS["per_class_gap"] is False
+    assert ours.ran_views == CALR_DEFAULTS["ran_views"] == "both"
     assert ours.warmup_epochs == 3 and ours.warmup_steps is None and ours.cam_threshold == 0.5
     reference = CALR(NUM_CLASSES, reference=True)
-    assert REFERENCE_OPTIONS == {"bias_correction": False, "masked_bn": "update", "per_class_gap": False}
+    assert REFERENCE_OPTIONS == {"bias_correction": False, "masked_bn": "update", "per_class_gap": False,
+                                 "ran_views": "strong"}
     assert not reference.thresholds.bias_correction and reference.masked_bn == "update"
+    assert reference.ran_views == "strong"
     assert not reference.thresholds.per_class_gap and reference.thresholds.momentum == 0.999
     # An explicit option always wins over the defaults.
     assert not CALR(NUM_CLASSES, bias_correction=False).thresholds.bias_correction
@@ -53,6 +56,10 @@ def test_defaults_without_a_recipe_and_reference_options():
         CALR(NUM_CLASSES, reference=True, masked_bn="eval")
     with pytest.raises(ValueError, match="unknown masked_bn"):
         CALR(NUM_CLASSES, masked_bn="frozen")
+    with pytest.raises(ValueError, match="reference CALR computes RAN on the strong view"):
+        CALR(NUM_CLASSES, reference=True, ran_views="both")
+    with pytest.raises(ValueError, match="unknown ran_views"):
+        CALR(NUM_CLASSES, ran_views="all")
 
 
 def test_default_thresholds_after_three_steps_are_bias_corrected():

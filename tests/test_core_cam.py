@@ -201,7 +201,8 @@ def test_heatmap_overlay_shape_dtype_and_alpha():
     assert hot[0, 0, 2] > hot[0, 0, 0]  # JET: low is blue
     assert hot[0, 1, 0] > hot[0, 1, 2]  # high is red
     # Hand-checked: JET maps 0 to RGB (0, 0, 128); half of it over grey 100 is (50, 50, 114).
-    assert heatmap_overlay(np.full((1, 1, 3), 100, np.uint8), np.zeros((1, 1), np.float32)).tolist() == [[[50, 50, 114]]]
+    grey = np.full((1, 1, 3), 100, np.uint8)
+    assert heatmap_overlay(grey, np.zeros((1, 1), np.float32)).tolist() == [[[50, 50, 114]]]
 
 
 def test_cam_boxes_equal_the_boxes_of_the_upsampled_masks():

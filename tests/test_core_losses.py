@@ -313,6 +313,23 @@ def test_calr_loss_by_hand_rejected_entries_leave_rans_mean():
     close(total, 0.1 * spbc + 1.0 * ran + 0.5 * l2)
 
 
+def test_calr_loss_ran_views_by_hand():
+    """RAN on the weak view, and on both views (their sum); SPBC and L2 do not change."""
+    rejected = _selection([(0, 1), (1, 1)])
+    strong = (pos(1.0) + neg(-0.5) + neg(0.2) + pos(-1.0)) / 4
+    weak = (pos(2.0) + neg(0.5) + neg(0.0) + pos(-2.0)) / 4  # kept: (0,0), (0,2), (1,0), (1,2) of Z
+    spbc = (pos(2.0) + pos(-2.0)) / 2
+    l2 = sum((ZS[i][c] - Z[i][c]) ** 2 for i in range(2) for c in range(3)) / 6
+    for views, ran in (("weak", weak), ("both", weak + strong), ("strong", strong)):
+        total, parts = calr_loss(t(Z), t(ZS), t(OBS, torch.long), rejected, ran_views=views)
+        close(parts["ran"], ran)
+        close(parts["spbc"], spbc)
+        close(parts["l2"], l2)
+        close(total, 0.5 * spbc + 1.0 * ran + 0.5 * l2)
+    with pytest.raises(ValueError, match="unknown ran_views"):
+        calr_loss(t(Z), t(ZS), t(OBS, torch.long), rejected, ran_views="all")
+
+
 def test_calr_loss_without_rejection_is_an_on_the_strong_view():
     _, parts = calr_loss(t(Z), t(ZS), t(OBS, torch.long), torch.zeros(2, 3, dtype=torch.bool))
     expected = (pos(1.0) + neg(0.5) + neg(-0.5) + neg(0.2) + neg(2.0) + pos(-1.0)) / 6
@@ -461,10 +478,13 @@ def test_calr_rejects_nothing_during_warm_up_and_only_unknown_entries_after():
     result = objective.step(model, batch, epoch=4)
     observed = batch["observed"]
     assert torch.equal(result.rejected, observed == 0)  # never a positive, never a known negative
-    strong = recorder.calls[1]["output"].logits.detach()
     kept = [(i, c) for i in range(4) for c in range(3) if observed[i, c] != 0]
-    expected_ran = sum(pos(float(strong[i, c])) if observed[i, c] == 1 else neg(float(strong[i, c]))
-                       for i, c in kept) / len(kept)
+    # RAN of ours is the sum over the weak (call 0) and the strong view (call 1) of the kept entries' AN.
+    expected_ran = 0.0
+    for call in (0, 1):
+        view = recorder.calls[call]["output"].logits.detach()
+        expected_ran += sum(pos(float(view[i, c])) if observed[i, c] == 1 else neg(float(view[i, c]))
+                            for i, c in kept) / len(kept)
     close(result.parts["ran"], expected_ran, rel=1e-5)
 
 
@@ -496,7 +516,7 @@ def _single_positive_step(model, batch, objective):
     objective.thresholds.update(detached, masked, observed)
     rejected = rejection_mask(detached, masked, observed, objective.thresholds.gap_threshold_tensor,
                               objective.thresholds.class_average)
-    return calr_loss(logits, strong_logits, observed, rejected, objective.weights), rejected
+    return calr_loss(logits, strong_logits, observed, rejected, objective.weights, objective.ran_views), rejected
 
 
 @pytest.mark.parametrize("norm", ["image", "calr", "ignore"])

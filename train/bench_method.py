@@ -80,12 +80,13 @@ WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
     BenchWorld("twenty-small", World(classes=20, radius_range=(0.09, 0.13), **_uniform(2, 5)),
                768, 128, 256, batch_size=32),
     BenchWorld("clutter-small", World(radius_range=(0.08, 0.12), clutter=2.5), 512, 128, 256, batch_size=16),
-    BenchWorld("long-epochs", World(**_uniform(2, 4)), 600, 128, 256, batch_size=4, epochs=5),
+    BenchWorld("long-epochs", World(**_uniform(2, 4)), 2400, 128, 256, batch_size=8, epochs=4),
     BenchWorld("partial", World(classes=14, **_uniform(2, 5)), 512, 128, 256, batch_size=16, labels="partial"),
 )}
-# Not in the default sweep; named with --worlds to tell a small batch from a long epoch.
+# Not in the default sweep: a batch of 4 (many small, noisy steps), and the same scenes at batch 16.
 EXTRA_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
-    BenchWorld("long-epochs-b16", World(**_uniform(2, 4)), 600, 128, 256, batch_size=16, epochs=5),
+    BenchWorld("small-batch", World(**_uniform(2, 4)), 600, 128, 256, batch_size=4, epochs=5),
+    BenchWorld("small-batch-b16", World(**_uniform(2, 4)), 600, 128, 256, batch_size=16, epochs=5),
 )}
 QUICK_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
     BenchWorld("quick-single", World(classes=6, **_uniform(1, 3)), 64, 32, 32, batch_size=16, epochs=4,
@@ -114,6 +115,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "calr-settle-no-bias-correction": ("calr", {"bias_correction": False, "warmup_steps": 693}),
     "calr-no-rejection": ("calr", {"warmup_steps": 10**9}),  # CALR's other terms alone
     "calr-no-l2": ("calr", {"weights": (0.5, 1.0, 0.0)}),  # without the strong/weak consistency term
+    "calr-ran-strong": ("calr", {"ran_views": "strong"}),  # RAN on the strong view only: the paper's, ours until now
+    "calr-ran-weak": ("calr", {"ran_views": "weak"}),
 }
 DEFAULT_METHODS = ("full", "an", "ll-r", "calr")
 DEFAULT_SEEDS = (0, 1, 2)

@@ -22,7 +22,7 @@ from spml.cam import (
     upsample_maps,
 )
 from spml.checkpoint import LoadedModel
-from spml.data.generic import split_names
+from spml.data.generic import SEPARATOR, split_names
 from spml.data.images import ImageSource, load_image
 from spml.data.transforms import eval_transform
 from spml.familiarity import statistics_of
@@ -85,11 +85,8 @@ def _resolve_positives(model: LoadedModel, positive: str | Sequence[str] | None,
     """The class indices of the given positives (a name, names joined by ';', or a list), or of the top
     prediction when none is given; and whether they were given."""
     if positive is None:
-        names: list[str] = []
-    elif isinstance(positive, str):
-        names = split_names(positive)
-    else:
-        names = list(dict.fromkeys(str(name).strip() for name in positive if str(name).strip()))
+        positive = ""
+    names = split_names(positive if isinstance(positive, str) else SEPARATOR.join(str(name) for name in positive))
     if not names:
         return [int(logits.argmax())], False
     return [model.class_index(name) for name in names], True

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def sigmoid(logit: float) -> float:
+    """1 / (1 + e^-z) for one float, written with tanh so that no logit overflows."""
+    return 0.5 * (1.0 + math.tanh(logit / 2))
 
 
 def _ranking(scores: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = ()) -> dict[str, float | int]:

@@ -51,6 +51,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a scratch folder path beside ``path`` (not created) for the block to fill; when the block
+    succeeds, rename it to ``path``.
+
+    A killed or failed block leaves no half-filled ``path`` behind: on an error the scratch folder is
+    removed (and a stale one from a killed process is cleared first). ``path`` must not exist yet."""
+    import shutil
+
+    path = Path(path)
+    scratch = path.with_name(path.name + ".partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield scratch
+        os.replace(scratch, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: this process's GPU when CUDA is available, else the CPU. ``auto`` and a bare ``cuda``
     take the GPU of this process (``LOCAL_RANK`` under torchrun, so every rank gets its own); ``cuda:N``

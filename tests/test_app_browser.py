@@ -1,15 +1,17 @@
 """The page in headless Chromium (Debian's package, driven by playwright): upload, analyse, see every output.
 
 Skips when /usr/bin/chromium is missing, except under CI (the CI environment variable set), where it fails.
-Screenshots go to artifacts/: app-inspect.png (an analysed image), app-other-world.png (a photo under a model
-of shapes, after loading that model from a local Hub cache through the page's field) and app-review.png
-(an audit under review). The page must not reach any host but the app's own: every request is recorded and
-checked at the end.
+Screenshots: app-inspect.png (an analysed image), app-other-world.png (a photo under a model of shapes, after
+loading that model from a local Hub cache through the page's field) and app-review.png (an audit under review),
+written to $SPML_SCREENSHOTS when set (`SPML_SCREENSHOTS=artifacts` refreshes the committed ones), else to a
+temporary folder, so that a test run leaves the checkout as it was. The page must not reach any host but the
+app's own: every request is recorded and checked at the end.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.q
 CHROMIUM = Path(os.environ.get("SPML_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARTIFACTS = Path(os.environ.get("SPML_SCREENSHOTS") or Path(tempfile.gettempdir()) / "spml-screenshots")
 TIMEOUT_MS = 60_000
 REQUESTS: list[str] = []  # every URL the page asked for, from its first load on
 
@@ -51,7 +53,7 @@ def browser_page(request: pytest.FixtureRequest) -> Iterator:
 
 
 def _screenshot(page, name: str) -> None:
-    """The whole page as a small PNG in artifacts/ (256 colours, at most 900 px wide): committed, so kept small."""
+    """The whole page as a small PNG in ARTIFACTS (256 colours, at most 900 px wide): committed, so kept small."""
     import io
 
     from PIL import Image
@@ -60,7 +62,7 @@ def _screenshot(page, name: str) -> None:
     shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
     if shot.width > 900:
         shot = shot.resize((900, round(shot.height * 900 / shot.width)), Image.Resampling.LANCZOS)
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot.quantize(256).save(ARTIFACTS / name, optimize=True)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from spml.metrics import average_precision, mean_average_precision, precision_recall_at_k, roc_auc
+from spml.metrics import average_precision, mean_average_precision, precision_recall_at_k, roc_auc, sigmoid
 
 
 def test_average_precision_hand_cases():
@@ -76,3 +76,10 @@ def test_precision_recall_at_k_hand_case():
     # ties keep the input order; no positive at all gives recall 0
     assert precision_recall_at_k(np.array([0.5, 0.5, 0.2]), np.array([0, 1, 1]), 1) == (0.0, 0.0)
     assert precision_recall_at_k(np.array([0.5, 0.4]), np.array([0, 0]), 1) == (0.0, 0.0)
+
+
+def test_sigmoid_of_one_float_never_overflows():
+    assert sigmoid(0.0) == 0.5
+    assert sigmoid(2.0) == pytest.approx(1 / (1 + math.exp(-2.0)), rel=1e-12)
+    assert sigmoid(-2.0) == pytest.approx(1 - sigmoid(2.0), rel=1e-12)
+    assert sigmoid(1e6) == 1.0 and sigmoid(-1e6) == 0.0  # math.exp(1e6) would raise OverflowError

@@ -7,7 +7,15 @@ import threading
 import pytest
 import torch
 
-from spml.runtime import DistInfo, atomic_path, atomic_write_bytes, atomic_write_text, init_distributed, resolve_device
+from spml.runtime import (
+    DistInfo,
+    atomic_directory,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    init_distributed,
+    resolve_device,
+)
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -26,6 +34,23 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         raise RuntimeError("killed mid-write")
     assert target.read_text() == "intact"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_atomic_directory_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "data"
+    (tmp_path / "data.partial").mkdir()  # left behind by a killed process: cleared first
+    (tmp_path / "data.partial" / "stale.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="killed"), atomic_directory(target) as scratch:
+        scratch.mkdir()
+        (scratch / "half.csv").write_text("image,labels\n")
+        raise RuntimeError("killed mid-extraction")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its scratch copy
+    with atomic_directory(target) as scratch:
+        assert not scratch.exists()
+        scratch.mkdir()
+        (scratch / "train.csv").write_text("image,labels\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert (target / "train.csv").read_text() == "image,labels\n"
 
 
 def test_concurrent_writers_never_interleave(tmp_path):

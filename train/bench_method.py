@@ -161,12 +161,12 @@ class InMemoryImages(torch.utils.data.Dataset):
     """The trainer's items (``image``, ``strong``, ``observed``, ``labels``, ``index``) from PIL images."""
 
     def __init__(self, images: list[Image.Image], labels: np.ndarray, observed: np.ndarray, image_size: int,
-                 strong: bool):
+                 strong: bool, training: bool = True):
         self.images, self.labels, self.observed = images, labels, observed
         self.weak = weak_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
         self.eval = eval_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
         self.strong = strong_transform(image_size, IMAGENET_MEAN, IMAGENET_STD) if strong else None
-        self.training = True
+        self.training = training  # False: the evaluation view (validation and test sets)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -194,10 +194,8 @@ class RunResult:
 
 
 def _mean_average_precision(network: torch.nn.Module, dataset: InMemoryImages, batch_size: int) -> float:
-    dataset.training = False
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     scores, labels = predict(network, loader, torch.device("cpu"))
-    dataset.training = True
     return mean_average_precision(scores, labels)
 
 
@@ -218,7 +216,8 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int) -> RunRes
     train_set = InMemoryImages(data.images["train"], data.labels["train"], data.observed, spec.image_size,
                                objective.needs_strong_view)
     val_set, test_set = (InMemoryImages(data.images[split], data.labels[split],
-                                        np.zeros_like(data.labels[split], dtype=np.int8), spec.image_size, False)
+                                        np.zeros_like(data.labels[split], dtype=np.int8), spec.image_size, False,
+                                        training=False)
                          for split in ("val", "test"))
     generator = torch.Generator()
     loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, generator=generator)

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import ImageLoadError
 from spml.data.importers import ConvertError, convert_any
 from spml.data.synthetic import make_synthetic_dataset
-from spml.runtime import atomic_write_text
+from spml.runtime import atomic_directory, atomic_write_text
 
 EXAMPLE_AUDIT_SEED = 7  # not the demo's training seed: scenes the model never saw
 EXAMPLE_AUDIT_IMAGES = 80  # train.csv rows; the audit reads its protocol 80% (64 scenes)
@@ -232,14 +231,11 @@ class AuditController:
         data = folder / "data"
         if not data.is_dir():
             progress(0.0, desc="extracting the zip")
-            scratch = folder / "data.partial"
-            shutil.rmtree(scratch, ignore_errors=True)
             try:
-                safe_extract_zip(source, scratch)
+                with atomic_directory(data) as scratch:
+                    safe_extract_zip(source, scratch)
             except ReviewError as error:
-                shutil.rmtree(scratch, ignore_errors=True)
                 raise UserError(str(error).replace(str(source), source.name), title="Cannot use this zip") from None
-            os.replace(scratch, data)
         root = min((p.parent for p in data.rglob("classes.txt")), key=lambda p: len(p.parts), default=data)
         try:
             # Our own format is read as it is; COCO, VOC, YOLO and imagefolder are converted into the
@@ -270,11 +266,9 @@ class AuditController:
         with self.workspace.lock(str(folder)):
             if not (folder / "train.csv").is_file():
                 progress(0.0, desc="drawing the example world")
-                scratch = folder.with_name(folder.name + ".partial")
-                shutil.rmtree(scratch, ignore_errors=True)
-                make_synthetic_dataset(scratch, seed=EXAMPLE_AUDIT_SEED, train=EXAMPLE_AUDIT_IMAGES, val=0, test=0,
-                                       image_size=model.image_size, progress=False)
-                os.replace(scratch, folder)
+                with atomic_directory(folder) as scratch:
+                    make_synthetic_dataset(scratch, seed=EXAMPLE_AUDIT_SEED, train=EXAMPLE_AUDIT_IMAGES, val=0,
+                                           test=0, image_size=model.image_size, progress=False)
         view = self._audit(folder, key, "train", 500, 12, progress)
         run = self._run(view.audit_id)
         summary = run.summary  # read from report.json on each access
@@ -339,15 +333,18 @@ class AuditController:
 
     # ---- review: position is the index of the suspect shown, among the report's best REVIEW_ROWS rows
 
-    def _review_view(self, audit_id: str, position: int) -> ReviewView:
+    def _review_view(self, audit_id: str, position: int | None) -> ReviewView:
+        """The suspect at ``position``; None: the best-ranked undecided one."""
         run = self._run(audit_id)
         rows = run.rows(REVIEW_ROWS)
         if not rows:
             return ReviewView(0, "The report holds no suspect.", None, None, None, None, "")
+        decisions = load_decisions(run.report)
+        if position is None:
+            position = next((i for i, row in enumerate(rows) if row["class"] not in decisions.get(row["image"], {})), 0)
         position = min(max(int(position), 0), len(rows) - 1)
         row = rows[position]
         evidence = self._evidence_of(run, audit_id, row)
-        decisions = load_decisions(run.report)
         decision = decisions.get(row["image"], {}).get(row["class"])
         made = [d for d in (decisions.get(r["image"], {}).get(r["class"]) for r in rows) if d is not None]
         positive = (f"the annotated positive `{evidence['positive']}`'s region" if evidence["positive_given"]
@@ -369,11 +366,7 @@ class AuditController:
 
     def review_open(self, audit_id: str | None) -> ReviewView:
         """Open the review at the best-ranked undecided suspect."""
-        run = self._run(audit_id)
-        decisions = load_decisions(run.report)
-        rows = run.rows(REVIEW_ROWS)
-        first = next((i for i, row in enumerate(rows) if row["class"] not in decisions.get(row["image"], {})), 0)
-        return self._review_view(audit_id, first)
+        return self._review_view(audit_id, None)
 
     def review_move(self, audit_id: str | None, position: int, step: int) -> ReviewView:
         return self._review_view(audit_id, int(position or 0) + step)

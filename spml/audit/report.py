@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from spml.metrics import StreamingRanking
+from spml.metrics import StreamingRanking, sigmoid
 from spml.runtime import atomic_path
 
 REPORT_COLUMNS = ("rank", "image", "class", "score", "rejected", "positive", "probability", "logit",
@@ -170,7 +170,7 @@ def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_
 
     for row in _merged(_sorted_runs(_read_parts(parts), by_logit, runs_folder, "logit"), by_logit):
         logit, truth = float(row[_LOGIT]), int(row[_TRUTH])
-        evaluations["probability"].add(0.5 * (1.0 + math.tanh(logit / 2)), truth, row[_CLASS])  # sigmoid, no overflow
+        evaluations["probability"].add(sigmoid(logit), truth, row[_CLASS])
         evaluations["large_loss"].add(max(logit, 0.0) + math.log1p(math.exp(-abs(logit))), truth, row[_CLASS])
     total = sum(positives.values())
     return written, rule["rejected"], {

@@ -41,7 +41,6 @@ the report writes its result and :func:`suspect_evidence` (the review and the ga
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +65,7 @@ from spml.checkpoint import LoadedModel
 from spml.data.generic import SEPARATOR, split_names
 from spml.data.images import DOWNSCALED_KEY, load_image
 from spml.data.transforms import eval_transform
+from spml.metrics import sigmoid
 from spml.rejection import logit_gap, rejection_mask
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def candidate_values(evidence: BatchEvidence, row: int, c: int) -> dict[str, Any
     return {
         "score": float(evidence.score[row, c]),
         "rejected": int(evidence.rejected[row, c]),
-        "probability": 0.5 * (1.0 + math.tanh(logit / 2)),  # sigmoid without overflow
+        "probability": sigmoid(logit),
         "logit": logit,
         "masked_logit": float(evidence.masked_logits[row, c]),
         "gap": float(evidence.gap[row, c]),

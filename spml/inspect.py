@@ -142,11 +142,11 @@ def analyze(
     familiar, distance = (None, None) if statistics is None else statistics.in_distribution(picture)
     gaps = logit_gap(logits, masked_logits)
     if model.thresholds is not None:
-        rejected_flags = rejection_mask(logits[None], masked_logits[None], observed[None],
-                                        model.thresholds.gap_threshold_tensor, model.thresholds.class_average)[0]
+        gap_tensor, average = model.thresholds.gap_threshold_tensor, model.thresholds.class_average
+        rejected_flags = rejection_mask(logits[None], masked_logits[None], observed[None], gap_tensor, average)[0]
         rejected_indices = [int(i) for i in torch.nonzero(rejected_flags).flatten()]
-        gap_threshold = model.thresholds.gap_threshold
-        class_average = dict(zip(model.classes, model.thresholds.class_average.cpu().tolist(), strict=True))
+        gap_threshold = float(gap_tensor.mean())  # as RunningThresholds.gap_threshold, without recomputing it
+        class_average = dict(zip(model.classes, average.cpu().tolist(), strict=True))
     else:
         rejected_indices, gap_threshold, class_average = [], None, None
 

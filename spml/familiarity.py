@@ -8,10 +8,17 @@ and kept as its leading eigenvectors plus one variance for the rest; the distanc
 Mahalanobis distance to that mean, divided by the descriptor's length. The threshold is a high quantile of
 the training images' own distances times a margin.
 
+A second test catches what the distance misses: images with (almost) no saturated colour. Each hue bin of a
+training scene is often empty, so a grey photo's histogram looks ordinary bin by bin, yet every scene of the
+synthetic world has coloured shapes. Calibration stores a colour floor, a low quantile of the training
+images' share of saturated pixels times a margin (0 where the training images themselves have none, which
+turns the test off); an image whose share is below it is taken for another world too.
+
 Why not the network's own pooled features: on the demo model they do not tell photos from its world (a
 photo's features sit close to the training mean: 3 of 18 sample photos flagged, against 13 of 18 with this
-descriptor, each with no false alarm on the 600 test scenes; README, "Decisions"). The descriptor does not
-depend on the architecture and costs a thumbnail, not a forward pass.
+descriptor and 18 of 18 with the colour floor added, each with at most 1 false alarm on the 600 test scenes;
+README, "Decisions"). The descriptor does not depend on the architecture and costs a thumbnail, not a
+forward pass.
 
 ``calibrate_checkpoint`` writes the statistics into a checkpoint's config.json under ``familiarity``;
 ``spml.inspect.analyze`` reads them into ``result.in_distribution``.
@@ -41,13 +48,30 @@ SHRINK = 0.1  # covariance shrunk towards its average variance: stable with 136 
 COMPONENTS = 48  # eigenvectors kept; the rest of the space gets the shrinkage floor as its variance
 QUANTILE = 0.99  # of the training images' distances ...
 MARGIN = 1.5  # ... times this: the threshold
+SATURATED = 0.25  # a thumbnail pixel is saturated above this saturation (HSV, in [0, 1))
+COLOUR_QUANTILE = 0.01  # of the training images' saturated shares ...
+COLOUR_MARGIN = 0.5  # ... times this: the colour floor
 DESCRIPTOR = "sqrt HSV 8x4x4 histogram + sqrt |gradient| 8-bin histogram of a 64x64 thumbnail"
+
+
+def _thumbnail_hsv(picture: Image.Image) -> np.ndarray:
+    """The THUMBNAIL x THUMBNAIL thumbnail in HSV, each channel in [0, 1)."""
+    small = picture.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
+    return np.asarray(small.convert("HSV"), dtype=np.float32) / 256.0
+
+
+def features(picture: Image.Image) -> tuple[np.ndarray, float]:
+    """The image's descriptor, (136,) float64, and its share of saturated pixels, from one thumbnail."""
+    hsv = _thumbnail_hsv(picture)
+    return _descriptor(hsv), float((hsv[..., 1] > SATURATED).mean())
 
 
 def describe(picture: Image.Image) -> np.ndarray:
     """The image's descriptor: (136,) float64."""
-    small = picture.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
-    hsv = np.asarray(small.convert("HSV"), dtype=np.float32) / 256.0
+    return _descriptor(_thumbnail_hsv(picture))
+
+
+def _descriptor(hsv: np.ndarray) -> np.ndarray:
     bins = np.array(COLOUR_BINS)
     index = (hsv * bins).astype(np.int64)
     flat = (index[..., 0] * bins[1] + index[..., 1]) * bins[2] + index[..., 2]
@@ -74,6 +98,7 @@ class ImageStatistics:
     images: int
     data: str = ""
     split: str = ""
+    colour_floor: float = 0.0  # a smaller share of saturated pixels is another world; 0: no such test
 
     def distance(self, descriptors: np.ndarray) -> np.ndarray:
         """(N,) Mahalanobis distance / D of each row of ``descriptors`` (N, D)."""
@@ -82,15 +107,29 @@ class ImageStatistics:
         rest = (centred ** 2).sum(axis=1) - (projected ** 2).sum(axis=1)
         return ((projected ** 2 / self.variances).sum(axis=1) + np.maximum(rest, 0.0) / self.floor) / centred.shape[1]
 
-    def in_distribution(self, picture: Image.Image) -> tuple[bool, float]:
-        distance = float(self.distance(describe(picture))[0])
-        return distance <= self.threshold, distance
+    def familiar(self, descriptors: np.ndarray, shares: np.ndarray) -> np.ndarray:
+        """(N,) bool: within the distance threshold and at or above the colour floor."""
+        return (self.distance(descriptors) <= self.threshold) & (np.asarray(shares) >= self.colour_floor)
+
+    def in_distribution(self, picture: Image.Image) -> tuple[bool, float, str]:
+        """Whether ``picture`` looks like the training images, its distance, and why not ("" when it does)."""
+        descriptor, share = features(picture)
+        distance = float(self.distance(descriptor)[0])
+        if distance > self.threshold:
+            return False, distance, (f"its colours and textures are far from the training images' (distance "
+                                     f"{distance:.2f} > {self.threshold:.2f})")
+        if share < self.colour_floor:
+            return False, distance, (f"it has almost no strong colour ({100 * share:.1f}% of its pixels saturated, "
+                                     f"under the floor of {100 * self.colour_floor:.1f}% set by the training images)")
+        return True, distance, ""
 
     def to_config(self) -> dict[str, Any]:
         return {"descriptor": DESCRIPTOR, "distance": "Mahalanobis / D, shrunk covariance",
                 "mean": self.mean.round(6).tolist(), "components": self.components.round(6).tolist(),
                 "variances": self.variances.tolist(), "floor": self.floor, "threshold": self.threshold,
-                "quantile": QUANTILE, "margin": MARGIN, "images": self.images, "data": self.data, "split": self.split}
+                "quantile": QUANTILE, "margin": MARGIN, "images": self.images, "data": self.data, "split": self.split,
+                "colour_floor": self.colour_floor, "saturated": SATURATED, "colour_quantile": COLOUR_QUANTILE,
+                "colour_margin": COLOUR_MARGIN}
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> ImageStatistics | None:
@@ -100,11 +139,14 @@ class ImageStatistics:
                    components=np.asarray(config["components"], dtype=np.float64),
                    variances=np.asarray(config["variances"], dtype=np.float64), floor=float(config["floor"]),
                    threshold=float(config["threshold"]), images=int(config.get("images", 0)),
-                   data=str(config.get("data", "")), split=str(config.get("split", "")))
+                   data=str(config.get("data", "")), split=str(config.get("split", "")),
+                   colour_floor=float(config.get("colour_floor", 0.0)))  # statistics made before the test: off
 
 
-def fit_statistics(descriptors: np.ndarray, data: str = "", split: str = "") -> ImageStatistics:
-    """The statistics of ``descriptors`` (N, D), with the threshold set on their own distances."""
+def fit_statistics(descriptors: np.ndarray, data: str = "", split: str = "",
+                   shares: np.ndarray | None = None) -> ImageStatistics:
+    """The statistics of ``descriptors`` (N, D), with the threshold set on their own distances, and the
+    colour floor on ``shares`` (N,), the images' shares of saturated pixels (None: no colour test)."""
     if descriptors.shape[0] < 2:
         raise ValueError(f"calibration needs at least 2 images, got {descriptors.shape[0]}")
     mean = descriptors.mean(axis=0)
@@ -115,7 +157,8 @@ def fit_statistics(descriptors: np.ndarray, data: str = "", split: str = "") -> 
     statistics = ImageStatistics(mean, eigenvectors[:, order].T, eigenvalues[order] + floor, floor, 0.0,
                                  descriptors.shape[0], data, split)
     threshold = float(np.quantile(statistics.distance(descriptors), QUANTILE)) * MARGIN
-    return replace(statistics, threshold=threshold)
+    floor = 0.0 if shares is None else float(np.quantile(shares, COLOUR_QUANTILE)) * COLOUR_MARGIN
+    return replace(statistics, threshold=threshold, colour_floor=floor)
 
 
 # scikit-image's sample photographs (shipped in its wheel), for measuring how often the notice is right.
@@ -139,19 +182,21 @@ def statistics_of(model: LoadedModel) -> ImageStatistics | None:
     return parsed[1]
 
 
-def split_descriptors(data: str | Path, split: str, progress: bool = True) -> np.ndarray:
-    """(N, D) descriptors of every readable image of ``split`` of the data set at ``data``; an image that
-    cannot be decoded is left out, as training's broken-batch handling leaves it out."""
-    descriptors = []
+def split_features(data: str | Path, split: str, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) descriptors and (N,) saturated shares of every readable image of ``split`` of the data set at
+    ``data``; an image that cannot be decoded is left out, as training's broken-batch handling leaves it out."""
+    descriptors, shares = [], []
     for path in tqdm(load_dataset(data, skip_bad=True).split(split).images, desc=f"describing {split}",
                      unit="image", disable=not progress):
         try:
-            descriptors.append(describe(load_image(path)))
+            descriptor, share = features(load_image(path))
         except ImageLoadError:
             continue
+        descriptors.append(descriptor)
+        shares.append(share)
     if not descriptors:
         raise ValueError(f"no readable image in split {split!r} of {data}")
-    return np.stack(descriptors)
+    return np.stack(descriptors), np.array(shares)
 
 
 def calibrate_checkpoint(checkpoint: str | Path, model: LoadedModel, data: str | Path, split: str = "train",
@@ -160,10 +205,11 @@ def calibrate_checkpoint(checkpoint: str | Path, model: LoadedModel, data: str |
     (atomically; every other entry kept) and into ``model``, the checkpoint loaded."""
     directory = Path(checkpoint)
     config = read_config(directory)
-    statistics = fit_statistics(split_descriptors(data, split, progress), str(data), split)
+    descriptors, shares = split_features(data, split, progress)
+    statistics = fit_statistics(descriptors, str(data), split, shares)
     config["familiarity"] = statistics.to_config()
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     model.familiarity = config["familiarity"]
     log(f"{directory / CONFIG_NAME}: image statistics of {statistics.images} images of {split}, "
-        f"threshold {statistics.threshold:.3f}")
+        f"threshold {statistics.threshold:.3f}, colour floor {statistics.colour_floor:.4f}")
     return statistics

@@ -58,6 +58,7 @@ class AnalysisResult:
     in_distribution: bool | None = None
     familiarity_distance: float | None = None  # the image's distance to the training images' statistics
     familiarity_threshold: float | None = None
+    familiarity_reason: str | None = None  # why the image looks like another world ("" when it does not)
     # Every class's normalised CAM at the network's map resolution (C, h, w), from the same forward pass.
     class_maps: np.ndarray | None = None
 
@@ -139,7 +140,7 @@ def analyze(
     maps = normalize_cams(network.class_maps(output)[0].float(), "image")
     cams = maps[positive_indices]
     statistics = statistics_of(model)
-    familiar, distance = (None, None) if statistics is None else statistics.in_distribution(picture)
+    familiar, distance, reason = (None, None, None) if statistics is None else statistics.in_distribution(picture)
     gaps = logit_gap(logits, masked_logits)
     if model.thresholds is not None:
         gap_tensor, average = model.thresholds.gap_threshold_tensor, model.thresholds.class_average
@@ -181,5 +182,6 @@ def analyze(
         in_distribution=familiar,
         familiarity_distance=distance,
         familiarity_threshold=None if statistics is None else statistics.threshold,
+        familiarity_reason=reason,
         class_maps=maps.cpu().numpy(),
     )

@@ -18,6 +18,7 @@ from spml.familiarity import (
     ImageStatistics,
     calibrate_checkpoint,
     describe,
+    features,
     fit_statistics,
 )
 
@@ -49,6 +50,34 @@ def test_distance_is_the_mahalanobis_distance_of_the_shrunk_covariance():
     np.testing.assert_allclose(again.distance(points), expected, rtol=1e-5)
 
 
+def test_saturated_share_by_hand():
+    half = Image.new("RGB", (64, 64), (128, 128, 128))  # the thumbnail's own size: no resampling
+    half.paste((255, 0, 0), (0, 0, 32, 64))
+    descriptor, share = features(half)
+    assert share == 0.5  # red: saturation 255/256; grey: 0
+    np.testing.assert_array_equal(descriptor, describe(half))
+
+
+def test_colour_floor_flags_what_the_distance_lets_through():
+    rng = np.random.default_rng(0)
+    descriptors = rng.normal(size=(100, 6))
+    shares = np.linspace(0.02, 0.2, 100)
+    statistics = fit_statistics(descriptors, shares=shares)
+    # The 1% quantile of 100 evenly spaced shares lies 0.99 of a step above the smallest: 0.02 + 0.99 * 0.18 / 99.
+    assert statistics.colour_floor == pytest.approx(0.5 * (0.02 + 0.0018))
+    centre = descriptors.mean(axis=0)[None]  # distance 0, far under the threshold
+    assert statistics.familiar(centre, [0.05]).tolist() == [True]
+    assert statistics.familiar(centre, [0.0]).tolist() == [False]
+    assert statistics.familiar(centre + 100.0, [0.05]).tolist() == [False]
+    again = ImageStatistics.from_config(json.loads(json.dumps(statistics.to_config())))
+    assert again.colour_floor == statistics.colour_floor
+    # Statistics written before the colour test have no floor: the test is off for them.
+    old = statistics.to_config()
+    del old["colour_floor"]
+    assert ImageStatistics.from_config(old).colour_floor == 0.0
+    assert fit_statistics(descriptors).colour_floor == 0.0
+
+
 def test_calibrated_checkpoint_tells_a_photo_from_its_world(tmp_path):
     data = make_synthetic_dataset(tmp_path / "world", train=60, val=0, test=0, image_size=64, progress=False)
     checkpoint = make_app_checkpoint(tmp_path / "checkpoint")
@@ -62,7 +91,16 @@ def test_calibrated_checkpoint_tells_a_photo_from_its_world(tmp_path):
     # A photo-like image: smooth colour gradients and no flat shapes on grey clutter.
     y, x = np.mgrid[0:96, 0:128]
     photo = np.stack([x * 2, y * 2, 255 - x - y], axis=-1).clip(0, 255).astype(np.uint8)
-    assert analyze(reloaded, photo).in_distribution is False
+    result = analyze(reloaded, photo)
+    assert result.in_distribution is False and "far from the training images'" in result.familiarity_reason
+    assert scene.familiarity_reason == ""
+    # The colour floor alone: with the distance test opened wide, a scene turned grey is still told apart
+    # (it has no saturated pixel; every training scene has its coloured shapes), the scene itself is not.
+    assert reloaded.familiarity["colour_floor"] > 0
+    reloaded.familiarity = {**reloaded.familiarity, "threshold": 1e9}
+    grey = analyze(reloaded, render_scene(0, "test", 2, 64)[0].convert("L"))
+    assert grey.in_distribution is False and "almost no strong colour" in grey.familiarity_reason
+    assert analyze(reloaded, load_dataset(data).split("train").images[0]).in_distribution is True
 
 
 def test_several_positives_mask_the_union_of_their_regions(tmp_path):

@@ -129,8 +129,8 @@ def world_notice(result: AnalysisResult, model: LoadedModel) -> str:
         return ""
     world = ("the synthetic world of coloured shapes" if is_synthetic(model)
              else f"the images of `{model.familiarity.get('data') or 'its training set'}`")
-    return (f"**This image does not look like the images this model was trained on** ({world}; distance "
-            f"{result.familiarity_distance:.2f} > {result.familiarity_threshold:.2f}). It only knows "
+    return (f"**This image does not look like the images this model was trained on** ({world}): "
+            f"{result.familiarity_reason}. It only knows "
             f"{len(model.classes)} classes ({class_list(model.classes, 12)}), so the labels and maps above say "
             "little about this image. To analyse photos, load a checkpoint trained on real classes: type "
             "`hf://OWNER/NAME` in the *Load a checkpoint* field at the top (or start the app with "

@@ -9,7 +9,7 @@ import argparse
 
 from spml.checkpoint import CheckpointError, load_model
 from spml.data.generic import DatasetError
-from spml.familiarity import calibrate_checkpoint, sample_photos, split_descriptors
+from spml.familiarity import calibrate_checkpoint, sample_photos, split_features
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,18 +30,22 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint)
         statistics = calibrate_checkpoint(args.checkpoint, model, args.data, args.split)
         if args.check:
-            distances = statistics.distance(split_descriptors(args.data, args.check))
-            alarms = int((distances > statistics.threshold).sum())
+            descriptors, shares = split_features(args.data, args.check)
+            distances = statistics.distance(descriptors)
+            alarms = int((~statistics.familiar(descriptors, shares)).sum())
             print(f"{args.check}: {alarms} of {len(distances)} images taken for another world "
                   f"({100.0 * alarms / len(distances):.2f}% false alarms; largest distance {distances.max():.3f}, "
-                  f"threshold {statistics.threshold:.3f})")
+                  f"threshold {statistics.threshold:.3f}; smallest saturated share {shares.min():.4f}, "
+                  f"colour floor {statistics.colour_floor:.4f})")
     except (CheckpointError, DatasetError, ValueError) as error:
         print(f"error: {error}")
         return 2
     if args.photos:
         photos = sample_photos()
         verdicts = {name: statistics.in_distribution(photo) for name, photo in photos.items()}
-        flagged = [name for name, (familiar, _) in verdicts.items() if not familiar]
+        flagged = [name for name, (familiar, _, _) in verdicts.items() if not familiar]
         print(f"photos: {len(flagged)} of {len(photos)} flagged as another world; not flagged: "
               + (", ".join(f"{name} ({verdicts[name][1]:.2f})" for name in photos if name not in flagged) or "none"))
+        for name in flagged:
+            print(f"  {name}: {verdicts[name][2]}")
     return 0

@@ -239,3 +239,18 @@ def test_default_step_rejects_against_the_batch_own_statistics_after_one_step():
     # Uncorrected: the thresholds hold 0.001 of those statistics (here it rejects 4 entries, not 2).
     shrunk = (batch["observed"] == 0) & (gap > 0.001 * t_gap) & (logits > 0.001 * class_average)
     assert torch.equal(result.rejected, shrunk)
+
+
+def test_the_resolved_config_writes_out_which_calr_runs():
+    from train.config import load_config
+
+    ours = load_config(None, {"data": "d", "out": "o", "loss": "calr"})
+    assert ours.loss_options == CALR_DEFAULTS
+    reference = load_config(None, {"data": "d", "out": "o", "loss": "calr", "loss_options": {"reference": True}})
+    assert reference.loss_options == {**REFERENCE_OPTIONS, "reference": True}
+    chosen = load_config(None, {"data": "d", "out": "o", "loss": "calr", "loss_options": {"ran_views": "weak"}})
+    assert chosen.loss_options == {**CALR_DEFAULTS, "ran_views": "weak"}  # an explicit option wins
+    assert load_config(None, {"data": "d", "out": "o", "loss": "an"}).loss_options == {}
+    # The objective built from the written-out options is the one the defaults give.
+    built = create_objective("calr", NUM_CLASSES, **ours.loss_options)
+    assert (built.ran_views, built.masked_bn, built.thresholds.bias_correction) == ("both", "batch", True)

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from spml.cam import CAM_NORMS
-from spml.losses import LOSS_NAMES
+from spml.losses import CALR_DEFAULTS, LOSS_NAMES, REFERENCE_OPTIONS
 from spml.model import ARCHITECTURES
 
 
@@ -81,6 +81,11 @@ class TrainConfig:
         if self.sync_bn and int(self.loss_options.get("batchnorm_passes", 1)) > 1:
             raise ValueError("sync_bn cannot be combined with loss_options batchnorm_passes > 1 (the repeated "
                              "BatchNorm folds use each process's own statistics)")
+        if self.loss == "calr":
+            # Written out, so that config.yaml says which CALR ran, and a run made under other defaults is
+            # not resumed under these (the resume check compares the options).
+            defaults = REFERENCE_OPTIONS if self.loss_options.get("reference") else CALR_DEFAULTS
+            self.loss_options = {**defaults, **self.loss_options}
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from spml.data import (
     strong_transform,
     weak_transform,
 )
+from spml.data.images import original_size
 
 
 def _rgb_at(image, xy):
@@ -170,7 +171,9 @@ def test_huge_but_allowed_images_are_downscaled(tmp_path):
     Image.new("RGB", (6000, 400), (1, 2, 3)).save(tmp_path / "wide.jpg")
     image = load_image(tmp_path / "wide.jpg", max_side=1000)  # JPEG: decoded at a reduced scale first
     assert image.size == (1000, 67) and image.info["spml_downscaled_from"] == (6000, 400)
-    assert "spml_downscaled_from" not in load_image(np.zeros((10, 10, 3), np.uint8)).info
+    assert original_size(image) == (6000, 400)
+    small = load_image(np.zeros((10, 12, 3), np.uint8))
+    assert "spml_downscaled_from" not in small.info and original_size(small) == (12, 10)
 
 
 def test_broken_files(tmp_path):

@@ -63,7 +63,7 @@ from spml.cam import (
 )
 from spml.checkpoint import LoadedModel
 from spml.data.generic import SEPARATOR, split_names
-from spml.data.images import DOWNSCALED_KEY, load_image
+from spml.data.images import load_image, original_size
 from spml.data.transforms import eval_transform
 from spml.metrics import sigmoid
 from spml.rejection import logit_gap, rejection_mask
@@ -233,7 +233,7 @@ def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, 
     for positive in positives:
         observed[0, loaded.classes.index(positive)] = 1
     image = load_image(path)
-    own = image.info.get(DOWNSCALED_KEY, image.size)
+    own = original_size(image)
     tensor = eval_transform(loaded.image_size, loaded.mean, loaded.std)(image)[None].to(loaded.device)
     evidence = batch_evidence(loaded, tensor, observed.to(loaded.device), torch.tensor([own]), keep_maps=True)
     values = candidate_values(evidence, 0, loaded.classes.index(name))

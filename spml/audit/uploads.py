@@ -19,8 +19,8 @@ from PIL import Image
 
 from spml.audit.review import ReviewError
 from spml.data.generic import CLASSES_FILE
+from spml.data.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TABLE_SUFFIXES = (".csv", ".txt")
 # The annotation files of the layouts spml.data.importers reads: COCO and imagefolder JSON(L), VOC XML, YOLO YAML.
 ANNOTATION_SUFFIXES = (".json", ".jsonl", ".xml", ".yaml", ".yml")

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
 from spml.data.generic import Split
-from spml.data.images import DOWNSCALED_KEY, ImageLoadError, load_image
+from spml.data.images import ImageLoadError, load_image, original_size
 
 
 class ImageDataset(TorchDataset):
@@ -46,7 +46,7 @@ class ImageDataset(TorchDataset):
             "labels": torch.from_numpy(self.split.labels[index].astype("float32")),
             "observed": torch.from_numpy(self.split.observed[index].astype("int8")),
             "index": index,
-            "size": torch.tensor(image.info.get(DOWNSCALED_KEY, image.size), dtype=torch.long),
+            "size": torch.tensor(original_size(image), dtype=torch.long),
         }
         if self.strong_transform is not None:
             item["strong"] = self.strong_transform(image)  # same decoded image, independent randomness

@@ -20,6 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 40_000_000
 MAX_SIDE = 4096
 DOWNSCALED_KEY = "spml_downscaled_from"
+# The file types a data set, an upload or an importer takes for images (what load_image decodes).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 _EXIF_ORIENTATION = 0x0112
 _ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # these swap width and height
@@ -203,6 +205,11 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, max_side: int 
         image = _downscale(image, max_side)
         image.info[DOWNSCALED_KEY] = upright
     return image
+
+
+def original_size(image: Image.Image) -> tuple[int, int]:
+    """The upright (width, height) of an image from :func:`load_image` before the side cap shrank it."""
+    return tuple(image.info.get(DOWNSCALED_KEY, image.size))
 
 
 def _downscale(image: Image.Image, max_side: int) -> Image.Image:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from spml.data.images import IMAGE_SUFFIXES
 from spml.data.importers.common import Collected, ConvertError, Entry, Problems, check_class_name
 
 NAME = "yolo"
 YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 

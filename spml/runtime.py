@@ -8,6 +8,7 @@ here: one implementation of each.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,22 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(scratch, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def print_line(text: str) -> None:
+    """``text`` and a newline on stdout in one ``write()``: torchrun's ranks share one stdout pipe, and a
+    ``print`` may reach it in two writes, so two ranks' lines could run into one. A pipe write of up to
+    4096 bytes (PIPE_BUF) is atomic. Where stdout has no file descriptor (a test's capture), a plain write."""
+    line = text + "\n"
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        sys.stdout.write(line)
+        return
+    sys.stdout.flush()  # what was printed before comes first
+    data = line.encode()
+    while data:
+        data = data[os.write(descriptor, data):]
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +18,7 @@ from spml.runtime import (
     atomic_write_bytes,
     atomic_write_text,
     init_distributed,
+    print_line,
     resolve_device,
 )
 
@@ -51,6 +56,26 @@ def test_atomic_directory_appears_whole_or_not_at_all(tmp_path):
         (scratch / "train.csv").write_text("image,labels\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert (target / "train.csv").read_text() == "image,labels\n"
+
+
+def test_print_line_keeps_the_lines_of_processes_sharing_a_pipe_whole(capsys):
+    """Two processes print 300 lines of 3,000 bytes each into one pipe, as torchrun's ranks share stdout."""
+    code = ("import sys\nfrom spml.runtime import print_line\n"
+            "for i in range(300):\n    print_line(sys.argv[1] * 3000 + str(i))\n")
+    read, write = os.pipe()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    writers = [subprocess.Popen([sys.executable, "-c", code, letter], stdout=write, env=env) for letter in "ab"]
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        lines = pipe.read().decode().splitlines()
+    assert [writer.wait(timeout=60) for writer in writers] == [0, 0]
+    assert len(lines) == 600
+    for letter in "ab":
+        mine = [line for line in lines if line.startswith(letter)]
+        assert mine == [letter * 3000 + str(i) for i in range(300)]
+    print_line("captured")  # stdout without a file descriptor (pytest's capture): a plain write
+    assert capsys.readouterr().out == "captured\n"
 
 
 def test_concurrent_writers_never_interleave(tmp_path):

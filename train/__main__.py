@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from spml.runtime import print_line
 from train.prepare import add_prepare_arguments, run_prepare
 
 
@@ -57,12 +58,12 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.folds is not None:
         from train.folds import fit_folds
 
-        print(json.dumps(fit_folds(config, args.folds)))
+        print_line(json.dumps(fit_folds(config, args.folds)))  # one line per rank under torchrun
         return 0
     summary = fit(config)
     if config.export:
         export_run(Path(config.out), Path(config.export))
-    print(json.dumps(summary))
+    print_line(json.dumps(summary))
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from spml.data.generic import Row, check_writable, link_images, render_dataset, write_dataset
+from spml.data.generic import Row, check_writable, link_images, render_dataset, write_rendered
 from spml.data.protocol import protocol_split, sample_single_positive
 from spml.data.synthetic import make_synthetic_dataset
 
@@ -309,9 +309,10 @@ def prepare_benchmark(
     _check_images(official, progress)
     splits = protocol_rows(official)
     out = Path(out).expanduser()
-    check_writable(out, render_dataset(official.classes, splits), overwrite)
+    files = render_dataset(official.classes, splits)
+    check_writable(out, files, overwrite)
     link_images(out / IMAGES_LINK, official.image_dir, overwrite)
-    write_dataset(out, official.classes, splits, overwrite=overwrite)
+    write_rendered(out, files)
     sizes = " / ".join(f"{split} {len(rows)}" for split, rows in splits.items())
     print(f"{name}: wrote {out} ({sizes}; {len(official.classes)} classes)", file=sys.stderr)
     if official.note:

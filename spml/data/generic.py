@@ -199,6 +199,13 @@ def write_dataset(
     out = Path(out)
     files = render_dataset(classes, splits)
     check_writable(out, files, overwrite)
+    return write_rendered(out, files)
+
+
+def write_rendered(out: Path, files: dict[str, str]) -> Path:
+    """Write the files of :func:`render_dataset` (checked by :func:`check_writable`) into ``out``, and
+    remove a split file the data set no longer has; returns ``out``. For callers that must check before
+    work of their own (images, links) and then write without rendering again."""
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLIT_NAMES:
         stale = out / f"{split}.csv"

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from spml.data.generic import Row, check_writable, render_dataset, write_dataset
+from spml.data.generic import Row, check_writable, render_dataset, write_rendered
 from spml.data.protocol import sample_single_positive
 from spml.runtime import atomic_write_text
 
@@ -358,7 +358,8 @@ def make_synthetic_dataset(
             for split, rows in full.items()
         }
     # Check before rendering: a refused run must not have overwritten the images of another data set.
-    check_writable(out, render_dataset(world.class_names, splits), overwrite)
+    files = render_dataset(world.class_names, splits)
+    check_writable(out, files, overwrite)
     total = sum(len(rows) for rows in splits.values())
     with tqdm(total=total, desc="rendering synthetic scenes", unit="img", disable=not progress) as bar:
         for split, rows in splits.items():
@@ -370,7 +371,7 @@ def make_synthetic_dataset(
                     raise RuntimeError(f"scene {split}/{index}: rendered labels differ from the layout's")
                 image.save(out / row.image, format="PNG")
                 bar.update(1)
-    written = write_dataset(out, world.class_names, splits, overwrite=overwrite)
+    written = write_rendered(out, files)
     left_out = out / LEFT_OUT_FILE
     if partial is None:
         left_out.unlink(missing_ok=True)  # a stale list would score this world against another's labels

@@ -56,8 +56,17 @@ def _load_if_coco(path: Path) -> dict | None:
 
 
 def is_coco_file(path: Path) -> bool:
-    """Whether ``path`` is a JSON file holding COCO instances (images, annotations, categories)."""
-    return _load_if_coco(path) is not None
+    """Whether ``path`` looks like a COCO instances JSON: an object that names the three keys. A byte
+    search, not a parse: detection must not parse an instances file of hundreds of megabytes that
+    :func:`read` then parses (and checks) anyway."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    try:
+        content = path.read_bytes()
+    except OSError:
+        return False
+    return content.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and all(
+        f'"{key}"'.encode() in content for key in REQUIRED_KEYS)
 
 
 def find_annotation_file(source: Path) -> tuple[Path, dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from spml.data.generic import SEPARATOR, Row, check_writable, link_images, render_dataset, write_dataset
+from spml.data.generic import SEPARATOR, Row, check_writable, link_images, render_dataset, write_rendered
 
 IMAGES_LINK = "images"  # DATASET/images -> the source's image folder, when it lies outside DATASET
 
@@ -95,7 +95,8 @@ def write_collected(collected: Collected, out: str | Path, overwrite: bool = Fal
     }
     if "train" not in splits or not collected.classes:
         raise ConvertError(f"{collected.image_root}: no image with a label to convert")
-    check_writable(out, render_dataset(collected.classes, splits), overwrite)
+    files = render_dataset(collected.classes, splits)
+    check_writable(out, files, overwrite)
     if link:
         link_images(out / IMAGES_LINK, root, overwrite)
-    return write_dataset(out, collected.classes, splits, overwrite=overwrite)
+    return write_rendered(out, files)

@@ -55,15 +55,16 @@ DESCRIPTOR = "sqrt HSV 8x4x4 histogram + sqrt |gradient| 8-bin histogram of a 64
 
 
 def _thumbnail_hsv(picture: Image.Image) -> np.ndarray:
-    """The THUMBNAIL x THUMBNAIL thumbnail in HSV, each channel in [0, 1)."""
+    """The THUMBNAIL x THUMBNAIL thumbnail in HSV, uint8: a channel's level c stands for c / 256 in [0, 1)."""
     small = picture.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
-    return np.asarray(small.convert("HSV"), dtype=np.float32) / 256.0
+    return np.asarray(small.convert("HSV"))
 
 
 def features(picture: Image.Image) -> tuple[np.ndarray, float]:
     """The image's descriptor, (136,) float64, and its share of saturated pixels, from one thumbnail."""
     hsv = _thumbnail_hsv(picture)
-    return _descriptor(hsv), float((hsv[..., 1] > SATURATED).mean())
+    # Saturation c / 256 > SATURATED, in integer levels (exact: c is an integer).
+    return _descriptor(hsv), float((hsv[..., 1] > int(SATURATED * 256)).mean())
 
 
 def describe(picture: Image.Image) -> np.ndarray:
@@ -72,17 +73,20 @@ def describe(picture: Image.Image) -> np.ndarray:
 
 
 def _descriptor(hsv: np.ndarray) -> np.ndarray:
-    bins = np.array(COLOUR_BINS)
-    index = (hsv * bins).astype(np.int64)
-    flat = (index[..., 0] * bins[1] + index[..., 1]) * bins[2] + index[..., 2]
-    colours = np.bincount(flat.ravel(), minlength=int(bins.prod())) / flat.size
-    value = hsv[..., 2]
+    # Integer arithmetic on the uint8 levels throughout: the bin of level c among b bins of [0, 1) is
+    # floor(c / 256 * b) = c * b // 256, the same numbers as in floating point, in a third of the time.
+    levels = hsv.astype(np.int32)
+    bins = COLOUR_BINS
+    index = [levels[..., channel] * count // 256 for channel, count in enumerate(bins)]
+    flat = (index[0] * bins[1] + index[1]) * bins[2] + index[2]
+    colours = np.bincount(flat.ravel(), minlength=bins[0] * bins[1] * bins[2]) / flat.size
+    value = levels[..., 2]
     steps = np.concatenate([np.abs(np.diff(value, axis=1)).ravel(), np.abs(np.diff(value, axis=0)).ravel()])
-    # np.histogram(steps, GRADIENT_BINS, range=(0, 0.5)), 5x faster: steps over 0.5 are left out, and 0.5
-    # itself falls in the last bin (a closed one).
-    index = (steps * (GRADIENT_BINS / 0.5)).astype(np.int64)
-    index[steps == 0.5] = GRADIENT_BINS - 1
-    gradients = np.bincount(index, minlength=GRADIENT_BINS + 64)[:GRADIENT_BINS] / steps.size
+    # np.histogram(steps / 256, GRADIENT_BINS, range=(0, 0.5)): steps over 128 (0.5) are left out, and
+    # 128 itself falls in the last bin (a closed one).
+    index_of_step = steps * (2 * GRADIENT_BINS) // 256
+    index_of_step[steps == 128] = GRADIENT_BINS - 1
+    gradients = np.bincount(index_of_step, minlength=GRADIENT_BINS + 64)[:GRADIENT_BINS] / steps.size
     return np.sqrt(np.concatenate([colours, gradients]))
 
 

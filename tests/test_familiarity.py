@@ -32,6 +32,24 @@ def test_descriptor_of_a_flat_colour_is_one_bin_and_no_gradient():
     assert pure_red[colours] == 1.0 and pure_red[colours + 1:].sum() == 0.0
 
 
+def test_descriptor_matches_the_floating_point_histograms():
+    """The integer binning gives the histograms of the channels scaled to [0, 1), computed the plain way."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pixels[0, :8] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 128, 0], [128, 128, 128], [0, 0, 128],
+                     [128, 0, 0], [0, 0, 0]]  # value steps of 255, 128 (the closed upper edge) and 127
+    picture = Image.fromarray(pixels)  # the thumbnail's own size: the descriptor sees these pixels
+    hsv = np.asarray(picture.convert("HSV"), dtype=np.float64) / 256.0
+    colours, _ = np.histogramdd(hsv.reshape(-1, 3), bins=COLOUR_BINS, range=[(0, 1)] * 3)
+    value = hsv[..., 2]
+    steps = np.concatenate([np.abs(np.diff(value, axis=1)).ravel(), np.abs(np.diff(value, axis=0)).ravel()])
+    gradients, _ = np.histogram(steps, GRADIENT_BINS, range=(0, 0.5))
+    expected = np.sqrt(np.concatenate([colours.ravel() / value.size, gradients / steps.size]))
+    descriptor, share = features(picture)
+    np.testing.assert_allclose(descriptor, expected, rtol=0, atol=1e-15)
+    assert share == (hsv[..., 1] > 0.25).mean()
+
+
 def test_distance_is_the_mahalanobis_distance_of_the_shrunk_covariance():
     rng = np.random.default_rng(0)
     descriptors = rng.normal(size=(400, 6)) * np.array([3.0, 1.0, 1.0, 0.5, 0.2, 0.2])

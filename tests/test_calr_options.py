@@ -254,3 +254,32 @@ def test_the_resolved_config_writes_out_which_calr_runs():
     # The objective built from the written-out options is the one the defaults give.
     built = create_objective("calr", NUM_CLASSES, **ours.loss_options)
     assert (built.ran_views, built.masked_bn, built.thresholds.bias_correction) == ("both", "batch", True)
+
+
+def test_rejection_hints_where_the_sweeps_saw_the_rule_cost_accuracy():
+    from pathlib import Path
+
+    import numpy as np
+
+    from spml.data import Split
+    from train.config import TrainConfig
+    from train.engine import rejection_hints
+
+    labels = np.ones((4, 3), dtype=np.uint8)
+    several = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=np.int8)  # 2.0 per image
+    single = np.array([[1, 0, 0], [0, 1, 0], [1, -1, 0], [0, 0, 1]], dtype=np.int8)  # 1.0: -1 is a known negative
+
+    def split(observed: np.ndarray) -> Split:
+        return Split("train", Path("-"), ["a", "b", "c"], [], [], labels, observed, True)
+
+    hints = rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16), split(several))
+    assert len(hints) == 1 and hints[0].startswith("2.0 annotated positives per training image")
+    assert "--warmup-epochs 8" in hints[0]
+    assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16), split(single)) == []
+    small = rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=4), split(single))
+    assert len(small) == 1 and small[0].startswith("batch 4:")
+    # No advice where the rule never runs: another loss, or warm-up through the last epoch.
+    assert rejection_hints(TrainConfig(loss="an", epochs=8, batch_size=4), split(several)) == []
+    assert rejection_hints(TrainConfig(loss="calr", epochs=8, warmup_epochs=8, batch_size=4), split(several)) == []
+    assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=4, loss_options={"warmup_epochs": 9}),
+                           split(several)) == []

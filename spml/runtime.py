@@ -8,6 +8,7 @@ here: one implementation of each.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -86,6 +87,13 @@ def print_line(text: str) -> None:
     data = line.encode()
     while data:
         data = data[os.write(descriptor, data):]
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now: for a server or a rendezvous started next."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import struct
 import sys
 import zipfile
@@ -23,6 +22,7 @@ from spml.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_dataset, rende
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.model import create_model
 from spml.rejection import RunningThresholds
+from spml.runtime import free_local_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # The app's tests import gradio; a machine without it (the stock GPU machine of scripts/gpu_check.sh)
@@ -143,9 +143,7 @@ def app_audits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def app_url(app_checkpoint: Path, app_audits: Path) -> Iterator[str]:
     """The app of app.py on the fixture checkpoint, launched on a free local port for one test module."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_local_port()
     app = load_app_module()
     demo = app.build_app(str(app_checkpoint), audits=app_audits)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=app.CSS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from spml.checkpoint import LoadedModel, load_model, save_checkpoint
 from spml.data import SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
 from spml.metrics import StreamingRanking, average_precision, precision_recall_at_k, roc_auc
 from spml.model import LinearCAMModel
+from spml.runtime import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -282,9 +282,7 @@ def _rank_without_shared_disk(rank: int, world: int, port: int, checkpoint: str,
 def test_ranks_without_a_shared_disk_send_their_rows_to_rank_0(world, model, reference, tmp_path):
     checkpoint = save_checkpoint(model, tmp_path / "checkpoint")
     outs = [str(tmp_path / f"machine{rank}" / "audit.csv") for rank in range(2)]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_local_port()
     torch.multiprocessing.spawn(_rank_without_shared_disk, args=(2, port, str(checkpoint), str(world), outs),
                                 nprocs=2)
     assert_same_report(read_rows(Path(outs[0])), read_rows(reference))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from spml.losses import CALR, AssumeNegative, Objective
 from spml.model import ModelOutput, SPMLModel, create_model
 from spml.runtime import resolve_device
-from train.engine import _to_device
+from train.engine import to_device
 
 
 class ReferenceStyleModel(SPMLModel):
@@ -85,7 +85,7 @@ def run_bench(arch: str = "resnet50", image_size: int | None = None, batch_size:
     batch = {"image": torch.randn(batch_size, 3, image_size, image_size, generator=generator),
              "strong": torch.randn(batch_size, 3, image_size, image_size, generator=generator),
              "observed": observed, "labels": observed.float(), "index": torch.arange(batch_size)}
-    batch = _to_device(batch, resolved, channels_last=on_cuda)  # channels-last on CUDA, as the trainer runs
+    batch = to_device(batch, resolved, channels_last=on_cuda)  # channels-last on CUDA, as the trainer runs
     variants = {
         "an": (lambda m: m, AssumeNegative()),
         "calr": (lambda m: m, CALR(num_classes)),

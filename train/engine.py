@@ -69,7 +69,8 @@ class EpochStats:
         return self.rejected_true / self.rejected
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+    """The batch's tensors on ``device`` (non-blocking), its images (4-D) channels-last when asked."""
     moved = {}
     for key, value in batch.items():
         value = value.to(device, non_blocking=True)
@@ -115,7 +116,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
                 log.warning("step %d skipped on every rank: a rank's whole batch was broken", step)
             bar.update(1)
             continue
-        batch = _to_device(batch, device, channels_last)
+        batch = to_device(batch, device, channels_last)
         # Autocast reaches the backbone only: the models run their heads, logits and maps in float32.
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             result: StepResult = objective.step(model, batch, epoch)

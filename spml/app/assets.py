@@ -19,7 +19,6 @@ REVIEW_KEYS_JS = """() => {
 }"""
 
 
-
 INTRO = """\
 # Which labels did the annotator miss?
 Many multi-label data sets give each training image **a single positive label**, although several

@@ -24,6 +24,7 @@ from spml.app.registry import CheckpointRegistry, is_synthetic
 from spml.audit import (
     ReviewError,
     audit_dataset,
+    dataset_root,
     export_corrected_dataset,
     load_decisions,
     record_decision,
@@ -194,6 +195,13 @@ class ExportView(View):
     export_message: str
 
 
+def _audit_view(run: AuditRun, audit_id: str, rows: list[dict[str, str]], gallery: Any) -> AuditView:
+    """A finished audit as the tab shows it: its summary, its first rows (of ``rows``), ``gallery``."""
+    return AuditView(audit_summary=audit_summary_markdown(run.summary),
+                     audit_table=audit_table(rows[:AUDIT_TABLE_ROWS]), gallery=gallery, report=str(run.report),
+                     audit_id=audit_id)
+
+
 class AuditController:
     """The Audit view's callbacks: run an audit on an upload, show its ranking and evidence, review it."""
 
@@ -236,13 +244,12 @@ class AuditController:
                     safe_extract_zip(source, scratch)
             except ReviewError as error:
                 raise UserError(str(error).replace(str(source), source.name), title="Cannot use this zip") from None
-        root = min((p.parent for p in data.rglob("classes.txt")), key=lambda p: len(p.parts), default=data)
         try:
             # Our own format is read as it is; COCO, VOC, YOLO and imagefolder are converted into the
             # extraction folder itself, whose CSVs then name the images where they lie (no link, which
             # the review would refuse as leaving the data set folder). The next call finds our format.
-            return convert_any(root, data, skip_bad=True)
-        except (ConvertError, FileExistsError) as error:
+            return convert_any(dataset_root(data), data, skip_bad=True)
+        except (ConvertError, FileExistsError, ReviewError) as error:
             raise UserError(str(error).replace(str(data), source.name), title="Cannot read this data set") from None
 
     def audit(self, zip_file: Any, split: str = "train", top: float = 500, gallery_size: float = 12,
@@ -310,9 +317,7 @@ class AuditController:
             evidence = self._evidence_of(run, audit_id, row)
             gallery.append((evidence["suspect_overlay"], f"#{row['rank']} {row['class']}? {row['image']} "
                                                  f"(score {float(row['score']):.3f}, positive {row['positive']})"))
-        return AuditView(audit_summary=audit_summary_markdown(run.summary),
-                         audit_table=audit_table(rows[:AUDIT_TABLE_ROWS]), gallery=gallery, report=str(run.report),
-                         audit_id=audit_id)
+        return _audit_view(run, audit_id, rows, gallery)
 
     def _evidence_of(self, run: AuditRun, audit_id: str, row: dict[str, str]) -> dict[str, Any]:
         cache_key = (audit_id, int(row["rank"]))
@@ -403,8 +408,5 @@ class AuditController:
         run = self.workspace.open(audit_id)
         if run is None:
             return (*AuditView.unchanged(), *ReviewView.unchanged())
-        audit = AuditView(audit_summary=audit_summary_markdown(run.summary),
-                          audit_table=audit_table(run.rows(AUDIT_TABLE_ROWS)), gallery=gr.skip(),
-                          report=str(run.report), audit_id=audit_id)
-        return audit, self.review_open(audit_id)
+        return _audit_view(run, audit_id, run.rows(AUDIT_TABLE_ROWS), gr.skip()), self.review_open(audit_id)
 

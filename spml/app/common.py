@@ -60,7 +60,6 @@ class UserError(gr.Error):
         super().__init__(message, duration=None, title=title, print_exception=False)
 
 
-
 @dataclass(frozen=True)
 class View:
     """A callback's outputs, by name. Subclasses are dataclasses whose field names are the names the

@@ -25,7 +25,7 @@ from spml.audit.scoring import (
     missing_label_score,
     suspect_evidence,
 )
-from spml.audit.uploads import resolve_server_dataset, safe_extract_zip
+from spml.audit.uploads import dataset_root, resolve_server_dataset, safe_extract_zip
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -36,6 +36,7 @@ __all__ = [
     "audit_dataset",
     "batch_evidence",
     "candidate_values",
+    "dataset_root",
     "decisions_path",
     "export_corrected_dataset",
     "load_audit_model",

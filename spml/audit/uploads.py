@@ -70,7 +70,10 @@ def _check_image_size(path: Path, name: str, max_pixels: int) -> None:
         raise ReviewError(f"image {name!r} is {width}x{height}, over the limit of {max_pixels:,} pixels")
 
 
-def _dataset_root(dest: Path) -> Path:
+def dataset_root(dest: Path) -> Path:
+    """The data set inside the extraction folder ``dest``: the shallowest folder holding classes.txt, or
+    ``dest`` itself when it holds a COCO, VOC, YOLO or imagefolder layout instead. ReviewError for
+    neither, or for several data sets side by side."""
     from spml.data.importers import detect_format
 
     roots = sorted((path.parent for path in dest.rglob(CLASSES_FILE)), key=lambda p: (len(p.parts), str(p)))
@@ -141,7 +144,7 @@ def safe_extract_zip(
                     budget -= _copy_limited(source, target, info.file_size, budget, info.filename)
                 if suffix in IMAGE_SUFFIXES:
                     _check_image_size(target, info.filename, max_image_pixels)
-        return _dataset_root(dest)
+        return dataset_root(dest)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as error:
         _empty(dest)
         raise ReviewError(f"{Path(zip_path).name} is not a readable zip ({type(error).__name__}: {error})") from None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from spml.runtime import free_local_port
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 
@@ -66,12 +67,6 @@ def resident_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _wait_for(url: str, server: subprocess.Popen, timeout: float = 300.0) -> None:
     from urllib.request import urlopen
 
@@ -100,7 +95,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from tqdm import tqdm
 
     images = photos(workdir / "photos")
-    port = _free_port()
+    port = free_local_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_ANALYTICS_ENABLED": "False", "SPML_AUDIT_DIR": str(workdir / "audits")}
     if args.checkpoint:

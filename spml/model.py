@@ -1,8 +1,13 @@
 """Classifiers whose single forward pass gives the logits and everything the class maps need.
 
 Every model returns a :class:`ModelOutput`; ``model.class_maps(output, classes)`` turns that output
-into class activation maps without running the backbone again. Architectures register themselves in
-``ARCHITECTURES`` so that a checkpoint can rebuild them from ``config.json`` alone.
+into class activation maps without running the backbone again.
+
+This module is the interface and the registry only: it knows no architecture by name. Each
+architecture lives in its own module of :mod:`spml.architectures` and registers itself there with
+:func:`register_architecture`, so that a checkpoint can rebuild it from ``config.json`` alone; the
+``spml`` package imports :mod:`spml.architectures`, so every built-in architecture is registered
+whenever any part of spml is imported.
 """
 
 from __future__ import annotations
@@ -91,74 +96,21 @@ class LinearCAMModel(SPMLModel):
         return list(self.backbone.parameters()), list(self.head.parameters())
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+# name -> builder(num_classes, pretrained=False, **options); filled by the modules of spml.architectures.
+ARCHITECTURES: dict[str, Callable[..., SPMLModel]] = {}
 
 
-def compact_backbone(width: int = 32) -> tuple[nn.Module, int]:
-    """A small VGG-style network of output stride 16, trainable from scratch on a CPU in minutes.
+def register_architecture(name: str, builder: Callable[..., SPMLModel] | None = None):
+    """Register ``builder(num_classes, pretrained=False, **options) -> SPMLModel`` under ``name``.
 
-    Stride 16 (not 32) keeps the CAM at 8x8 for a 128 px input, enough detail to separate objects.
-    """
-    channels = [width, 2 * width, 4 * width, 8 * width]
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for out_channels in channels:
-        layers += [_conv_bn_relu(in_channels, out_channels, 2), _conv_bn_relu(out_channels, out_channels, 1)]
-        in_channels = out_channels
-    return nn.Sequential(*layers), in_channels
+    ``register_architecture(name, builder)`` registers and returns ``builder``;
+    ``@register_architecture(name)`` above a builder's definition does the same as a decorator."""
 
+    def register(function: Callable[..., SPMLModel]) -> Callable[..., SPMLModel]:
+        ARCHITECTURES[name] = function
+        return function
 
-_RESNET_FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
-
-
-def resnet_backbone(name: str, pretrained: bool) -> tuple[nn.Module, int]:
-    """A torchvision ResNet without its pooling and classifier (output stride 32)."""
-    import torchvision
-
-    weights = None
-    if pretrained:
-        # IMAGENET1K_V1 is what `pretrained=True` gave the reference implementations.
-        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
-    try:
-        network = torchvision.models.get_model(name, weights=weights)
-    except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
-        raise RuntimeError(
-            f"could not load the ImageNet weights of {name} ({type(error).__name__}: {error}). "
-            "Put the weights file in the torch hub cache ($TORCH_HOME/hub/checkpoints), "
-            "or train from scratch with --no-pretrained."
-        ) from error
-    backbone = nn.Sequential(*list(network.children())[:-2])
-    return backbone, _RESNET_FEATURE_DIMS[name]
-
-
-def _build_compact(num_classes: int, pretrained: bool = False, width: int = 32) -> SPMLModel:
-    if pretrained:
-        raise ValueError("the compact backbone has no pretrained weights; use --no-pretrained")
-    backbone, dim = compact_backbone(width)
-    return LinearCAMModel("compact", backbone, dim, num_classes, width=width)
-
-
-def _resnet_builder(name: str) -> Callable[..., SPMLModel]:
-    def build(num_classes: int, pretrained: bool = False) -> SPMLModel:
-        backbone, dim = resnet_backbone(name, pretrained)
-        return LinearCAMModel(name, backbone, dim, num_classes)
-
-    return build
-
-
-ARCHITECTURES: dict[str, Callable[..., SPMLModel]] = {
-    "compact": _build_compact,
-    **{name: _resnet_builder(name) for name in _RESNET_FEATURE_DIMS},
-}
-
-
-def register_architecture(name: str, builder: Callable[..., SPMLModel]) -> None:
-    ARCHITECTURES[name] = builder
+    return register if builder is None else register(builder)
 
 
 def create_model(arch: str, num_classes: int, pretrained: bool = False, **kwargs: Any) -> SPMLModel:
@@ -168,13 +120,3 @@ def create_model(arch: str, num_classes: int, pretrained: bool = False, **kwargs
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     return ARCHITECTURES[arch](num_classes=num_classes, pretrained=pretrained, **kwargs)
-
-
-def _build_q2l(num_classes: int, pretrained: bool = False, **options: Any) -> SPMLModel:
-    # Imported on use: spml.q2l builds on this module, so importing it at the top would be circular.
-    from spml.q2l import Query2Label
-
-    return Query2Label(num_classes, pretrained=pretrained, **options)
-
-
-register_architecture("q2l", _build_q2l)

@@ -1,11 +1,13 @@
 """create_model: shapes of every built-in architecture, errors, and the pretrained-weights failure."""
 
+import subprocess
+import sys
 import urllib.error
 
 import pytest
 import torch
 
-from spml.model import ARCHITECTURES, ModelOutput, create_model
+from spml.model import ARCHITECTURES, LinearCAMModel, ModelOutput, create_model, register_architecture
 
 
 @pytest.mark.parametrize("arch,options,size,dim,grid", [
@@ -51,6 +53,26 @@ def test_unknown_architecture_and_bad_options():
     with pytest.raises(ValueError, match="no-pretrained"):
         create_model("compact", 3, pretrained=True)
     assert {"compact", "resnet18", "resnet50"} <= set(ARCHITECTURES)
+
+
+def test_an_architecture_registers_itself_where_it_is_defined(monkeypatch):
+    monkeypatch.setitem(ARCHITECTURES, "tiny-test", None)  # removed again after the test
+
+    @register_architecture("tiny-test")
+    def build(num_classes: int, pretrained: bool = False) -> LinearCAMModel:
+        return LinearCAMModel("tiny-test", torch.nn.Conv2d(3, 4, 3), 4, num_classes)
+
+    assert ARCHITECTURES["tiny-test"] is build
+    assert create_model("tiny-test", 2).arch_config() == {"arch": "tiny-test", "num_classes": 2}
+    with pytest.raises(ValueError, match="unknown architecture 'vgg99'") as info:
+        create_model("vgg99", 3)
+    assert "tiny-test" in str(info.value)
+
+
+def test_importing_the_model_module_alone_registers_every_architecture():
+    code = "import spml.model; print(' '.join(spml.model.ARCHITECTURES))"
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert names == ["compact", "resnet18", "resnet34", "resnet50", "resnet101", "q2l"]
 
 
 def test_pretrained_weights_that_cannot_be_downloaded_give_a_clear_error(tmp_path, monkeypatch):

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from spml import analyze, load_model, save_checkpoint
+from spml.architectures.q2l import FrozenBatchNorm2d, Query2Label, sine_position_embedding
 from spml.checkpoint import LoadedModel
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.losses import create_objective
 from spml.model import ARCHITECTURES, ModelOutput, create_model
-from spml.q2l import FrozenBatchNorm2d, Query2Label, sine_position_embedding
 
 TINY = {"hidden_dim": 32, "feedforward_dim": 64, "num_heads": 4, "encoder_layers": 1, "decoder_layers": 2}
 

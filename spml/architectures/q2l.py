@@ -1,4 +1,4 @@
-"""Query2Label (Q2L): a ResNet backbone, a small transformer and one learned query per class.
+"""``q2l``, Query2Label (Q2L): a ResNet backbone, a small transformer and one learned query per class.
 
 Each class query attends to the image features through the decoder's cross-attention; the query's
 output gives that class's logit. The last decoder layer's cross-attention of a class query says
@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spml.model import ModelOutput, SPMLModel, compact_backbone, full_precision, resnet_backbone
+from spml.architectures.compact import compact_backbone
+from spml.architectures.resnet import resnet_backbone
+from spml.model import ModelOutput, SPMLModel, full_precision, register_architecture
 
 BACKBONES: tuple[str, ...] = ("compact", "resnet18", "resnet34", "resnet50", "resnet101")
 
@@ -276,3 +278,8 @@ class Query2Label(SPMLModel):
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         trainable = [p for p in self.parameters() if p.requires_grad]
         return ([p for p in trainable if id(p) in backbone_ids], [p for p in trainable if id(p) not in backbone_ids])
+
+
+@register_architecture("q2l")
+def build_q2l(num_classes: int, pretrained: bool = False, **options: Any) -> SPMLModel:
+    return Query2Label(num_classes, pretrained=pretrained, **options)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from spml.model import SPMLModel, create_model
 from spml.rejection import RunningThresholds
 from spml.runtime import atomic_path, atomic_write_text
+from spml.version import __version__
 
 FORMAT_NAME = "spml-checkpoint"
 FORMAT_VERSION = 1
@@ -73,8 +74,6 @@ class LoadedModel:
 
 def build_config(network: SPMLModel, classes: list[str], image_size: int, mean, std, cam_norm: str,
                  cam_threshold: float, thresholds: RunningThresholds | None, training: dict[str, Any]) -> dict:
-    from spml import __version__
-
     if len(classes) != network.num_classes:
         raise CheckpointError(f"{len(classes)} class names for a model of {network.num_classes} classes")
     return {

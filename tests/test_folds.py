@@ -15,7 +15,7 @@ from spml.audit import FoldModels, audit_dataset, load_audit_model
 from spml.checkpoint import load_model
 from spml.data import load_dataset, make_synthetic_dataset
 from train.__main__ import main as train_main
-from train.folds import assign_folds, without_fold
+from train.fold_split import assign_folds, without_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT = ["--loss", "an", "--arch", "compact", "--no-pretrained", "--epochs", "1", "--batch-size", "8",

@@ -36,7 +36,7 @@ from spml.model import SPMLModel, create_model
 from spml.runtime import DistInfo, atomic_path, atomic_write_text, close_distributed, init_distributed, resolve_device
 from train import distributed
 from train.config import TrainConfig
-from train.folds import without_fold
+from train.fold_split import without_fold
 
 log = logging.getLogger("train")
 STATE_NAME = "state.pt"

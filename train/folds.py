@@ -21,34 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from spml.audit.folds import FOLDS_FILE, FOLDS_FORMAT, read_folds
-from spml.data.generic import Split, load_dataset
+from spml.data.generic import load_dataset
 from spml.runtime import atomic_write_text
 from train.config import TrainConfig
-
-
-def assign_folds(images: list[str], k: int, seed: int) -> list[list[str]]:
-    """``images`` dealt into ``k`` folds by a seeded permutation; each fold in the images' order."""
-    if not 2 <= k <= len(images):
-        raise ValueError(f"--folds must be between 2 and the number of training images ({len(images)}), got {k}")
-    permutation = np.random.RandomState(seed).permutation(len(images))
-    return [[images[i] for i in sorted(permutation[f::k])] for f in range(k)]
-
-
-def without_fold(split: Split, root: Path, folds_file: str | Path, fold: int) -> Split:
-    """``split`` less the images of ``fold`` in ``folds_file`` (paths relative to the data set ``root``)."""
-    folds = read_folds(Path(folds_file).parent)["folds"]
-    if not 0 <= fold < len(folds):
-        raise ValueError(f"{folds_file}: no fold {fold} (it has {len(folds)})")
-    left_out = set(folds[fold])
-    keep = np.array([path.relative_to(root).as_posix() not in left_out for path in split.images], dtype=bool)
-    if keep.all():
-        raise ValueError(f"{folds_file}: none of fold {fold}'s images is in the training split of {root}")
-    chosen = np.flatnonzero(keep)
-    return dataclasses.replace(split, images=[split.images[i] for i in chosen], rows=[split.rows[i] for i in chosen],
-                               labels=split.labels[chosen], observed=split.observed[chosen])
+from train.engine import fit
+from train.fold_split import assign_folds
 
 
 @contextmanager
@@ -69,8 +47,6 @@ def _alone() -> Iterator[None]:
 
 def fit_folds(config: TrainConfig, k: int) -> dict[str, Any]:
     """Write ``RUN/folds.json`` and train this rank's folds as ``RUN/fold-<f>/``; returns their summaries."""
-    from train.engine import fit  # the engine imports without_fold from here
-
     if config.export:
         raise ValueError("--folds trains K models: export one of RUN/fold-<f>/best by hand instead")
     run = Path(config.out)

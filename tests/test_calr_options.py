@@ -202,7 +202,7 @@ def test_metrics_diagnostics_of_an_epoch():
 
     from spml.data import Split
     from spml.losses import AssumeNegative
-    from train.engine import EpochStats, rejection_diagnostics
+    from train.loop import EpochStats, rejection_diagnostics
 
     labels = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0]], dtype=np.uint8)
     observed = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]], dtype=np.int8)  # hidden positives: 2

@@ -22,7 +22,8 @@ from spml.model import ModelOutput, create_model
 from spml.runtime import DistInfo
 from train import engine
 from train.config import TrainConfig
-from train.engine import fit, per_process_batch, predict, prepare_network
+from train.engine import fit, per_process_batch, prepare_network
+from train.loop import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

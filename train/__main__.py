@@ -84,7 +84,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from spml.data import load_dataset
     from spml.runtime import resolve_device
     from train.config import TrainConfig
-    from train.engine import evaluate
+    from train.loop import evaluate
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)

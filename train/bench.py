@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from spml.losses import CALR, AssumeNegative, Objective
 from spml.model import ModelOutput, SPMLModel, create_model
 from spml.runtime import resolve_device
-from train.engine import to_device
+from train.loop import to_device
 
 
 class ReferenceStyleModel(SPMLModel):

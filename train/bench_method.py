@@ -39,7 +39,8 @@ from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, st
 from spml.metrics import mean_average_precision
 from spml.runtime import DistInfo, atomic_write_text
 from train.config import TrainConfig
-from train.engine import build_objective, build_optimizer, predict, rejection_diagnostics, train_one_epoch
+from train.engine import build_objective, build_optimizer
+from train.loop import predict, rejection_diagnostics, train_one_epoch
 
 
 @dataclass(frozen=True)

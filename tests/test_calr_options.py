@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from spml.losses import CALR, CALR_DEFAULTS, REFERENCE_OPTIONS, create_objective
+from spml.losses import CALR, create_objective
+from spml.losses.calr import CALR_DEFAULTS, REFERENCE_OPTIONS
 from spml.model import create_model
 from spml.rejection import RunningThresholds, rejection_mask
 
@@ -177,7 +178,7 @@ def test_warmup_steps_replace_warmup_epochs():
 def test_warning_when_rejection_starts_on_unsettled_averages(caplog):
     model, batch = _model(), _batch()
     unsettled = CALR(NUM_CLASSES, warmup_epochs=1, bias_correction=False)
-    with caplog.at_level(logging.WARNING, logger="spml.losses"):
+    with caplog.at_level(logging.WARNING, logger="spml.losses.calr"):
         unsettled.step(model, batch, epoch=1)  # warm-up: no rejection, no warning
         assert not caplog.records
         unsettled.step(model, batch, epoch=2)
@@ -188,7 +189,7 @@ def test_warning_when_rejection_starts_on_unsettled_averages(caplog):
     assert "bias_correction" in message
     caplog.clear()
     settled = CALR(NUM_CLASSES, warmup_epochs=1)  # the default: bias-corrected, no warning
-    with caplog.at_level(logging.WARNING, logger="spml.losses"):
+    with caplog.at_level(logging.WARNING, logger="spml.losses.calr"):
         settled.step(model, batch, epoch=1)
         settled.step(model, batch, epoch=2)
     assert not caplog.records

@@ -11,21 +11,18 @@ import pytest
 import torch
 
 from spml.cam import apply_masks, cam_keeps_bias, cam_masks
-from spml.losses import (
-    CALR,
-    LOSS_NAMES,
+from spml.losses import CALR, LOSS_NAMES, create_objective
+from spml.losses.base import assume_negative_matrix
+from spml.losses.baselines import (
     an_loss,
     an_ls_loss,
-    assume_negative_matrix,
-    calr_loss,
-    create_objective,
     epr_loss,
-    frozen_batchnorm_statistics,
     full_label_loss,
     large_loss_selection,
     role_loss,
     wan_loss,
 )
+from spml.losses.calr import calr_loss, frozen_batchnorm_statistics
 from spml.model import create_model
 from spml.rejection import rejection_mask
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from spml.losses import CALR, repeated_batchnorm_updates
+from spml.losses import CALR
+from spml.losses.calr import repeated_batchnorm_updates
 from spml.model import create_model
 from train.config import load_config
 from train.engine import early_stop_reached

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from spml.cam import CAM_NORMS
-from spml.losses import CALR_DEFAULTS, LOSS_NAMES, REFERENCE_OPTIONS
+from spml.losses import LOSS_NAMES
+from spml.losses.calr import CALR_DEFAULTS, REFERENCE_OPTIONS
 from spml.model import ARCHITECTURES
 
 

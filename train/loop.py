@@ -17,7 +17,8 @@ from tqdm import tqdm
 from spml.data import ImageDataset, Split, eval_transform
 from spml.data.dataset import BrokenImage, SkipBrokenImages, collate_skipping_broken
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from spml.losses import CALR, Objective, StepResult
+from spml.losses import CALR, Objective
+from spml.losses.base import StepResult
 from spml.metrics import mean_average_precision
 from spml.runtime import DistInfo
 from train import distributed

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from spml.data.generic import Row, check_writable, link_images, render_dataset, write_rendered
 from spml.data.protocol import protocol_split, sample_single_positive
 from spml.data.synthetic import make_synthetic_dataset
+from spml.data.writer import Row, check_writable, link_images, render_dataset, write_rendered
 
 BENCHMARKS = ("voc", "coco", "nuswide", "cub")
 IMAGES_LINK = "images"

@@ -1,11 +1,12 @@
 """Data: the benchmark protocol, the generic data set format, image loading, transforms, synthetic world."""
 
 from spml.data.dataset import ImageDataset
-from spml.data.generic import Dataset, DatasetError, Row, Split, load_dataset, write_dataset
+from spml.data.generic import Dataset, DatasetError, Split, load_dataset
 from spml.data.images import ImageLoadError, load_image
 from spml.data.protocol import PROTOCOL_SEED, protocol_split, sample_single_positive
 from spml.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_dataset, render_scene
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, strong_transform, weak_transform
+from spml.data.writer import Row, write_dataset
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from spml.data.generic import Row, check_writable, render_dataset, write_rendered
 from spml.data.protocol import sample_single_positive
+from spml.data.writer import Row, check_writable, render_dataset, write_rendered
 from spml.runtime import atomic_write_text
 
 Box = tuple[int, int, int, int]

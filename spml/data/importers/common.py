@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from spml.data.generic import SEPARATOR, Row, check_writable, link_images, render_dataset, write_rendered
+from spml.data.generic import SEPARATOR
+from spml.data.writer import Row, check_writable, link_images, render_dataset, write_rendered
 
 IMAGES_LINK = "images"  # DATASET/images -> the source's image folder, when it lies outside DATASET
 

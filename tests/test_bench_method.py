@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from train.__main__ import main
-from train.bench_method import DEFAULT_METHODS, QUICK_WORLDS, WORLDS, BenchWorld, observe
+from train.bench_method.worlds import DEFAULT_METHODS, QUICK_WORLDS, WORLDS, BenchWorld, observe
 
 
 def test_quick_sweep_writes_every_row_with_finite_numbers(tmp_path, capsys):

@@ -135,7 +135,7 @@ def _add_bench_cleanlab(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_bench_method(subparsers: argparse._SubParsersAction) -> None:
-    from train.bench_method import add_bench_method_arguments
+    from train.bench_method.runner import add_bench_method_arguments
 
     parser = subparsers.add_parser("bench-method", help="test mAP of full, AN, LL-R and CALR on synthetic worlds")
     add_bench_method_arguments(parser)

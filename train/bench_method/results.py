@@ -1,0 +1,133 @@
+"""The sweep's results: one RunResult per (world, method, seed), their mean and spread over seeds, the
+margins over AN, the markdown tables, and the files written into ``--out``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spml.runtime import atomic_write_text
+from train.bench_method.worlds import METHODS, BenchWorld
+
+
+@dataclass
+class RunResult:
+    world: str
+    method: str
+    seed: int
+    test_map: float
+    best_val_map: float
+    best_epoch: int
+    seconds: float
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), (float(statistics.stdev(values)) if len(values) > 1 else 0.0)
+
+
+def summarize(results: list[RunResult], worlds: list[BenchWorld], methods: list[str]) -> dict[str, Any]:
+    """Mean and spread over seeds per world and method, margins over AN, CALR's rejection by epoch."""
+    table: dict[str, dict[str, Any]] = {}
+    for spec in worlds:
+        row: dict[str, Any] = {}
+        for method in methods:
+            runs = [r for r in results if r.world == spec.name and r.method == method]
+            if not runs:
+                continue
+            mean, sd = _spread([r.test_map for r in runs])
+            entry: dict[str, Any] = {"mean": mean, "sd": sd, "seeds": sorted(r.seed for r in runs)}
+            if METHODS[method][0] == "calr":
+                by_epoch = []
+                for epoch in range(1, spec.epochs + 1):
+                    rows = [r.epochs[epoch - 1] for r in runs]
+                    precisions = [x["rejection_precision"] for x in rows if x["rejection_precision"] is not None]
+                    by_epoch.append({
+                        "epoch": epoch,
+                        "precision": float(np.mean(precisions)) if precisions else None,
+                        "recall": float(np.mean([x["rejection_recall"] or 0.0 for x in rows])),
+                        "rejected_fraction_of_unknown": float(np.mean([x["rejected_fraction_of_unknown"]
+                                                                       for x in rows])),
+                        "averages_held": float(np.mean([x["averages_held"] for x in rows]))})
+                entry["rejection"] = by_epoch
+            row[method] = entry
+        table[spec.name] = row
+    margins: dict[str, Any] = {}
+    for method in methods:
+        if METHODS[method][0] != "calr":
+            continue
+        per_world = {w: table[w][method]["mean"] - table[w]["an"]["mean"] for w in table
+                     if method in table[w] and "an" in table[w]}
+        if per_world:
+            margins[method] = {"per_world": per_world, "mean": float(np.mean(list(per_world.values()))),
+                               "min": float(min(per_world.values())),
+                               "wins": sum(v > 0 for v in per_world.values()), "worlds": len(per_world)}
+    return {"table": table, "margins_over_an": margins, "seeds_asked": len({r.seed for r in results})}
+
+
+def markdown_tables(summary: dict[str, Any], worlds: list[BenchWorld], methods: list[str]) -> str:
+    """The test mAP table (mean ± sd over seeds), CALR's margins over AN, and rejection by epoch."""
+    table = summary["table"]
+    lines = ["| world | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for spec in worlds:
+        cells = []
+        for method in methods:
+            entry = table[spec.name].get(method)
+            count = "" if entry is None or len(entry["seeds"]) == summary["seeds_asked"] else \
+                f" ({len(entry['seeds'])} seed{'s' if len(entry['seeds']) > 1 else ''})"
+            cells.append("" if entry is None else f"{entry['mean']:.2f} ± {entry['sd']:.2f}{count}")
+        lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
+    margins = summary["margins_over_an"]
+    if margins:
+        lines += ["", "| CALR variant | " + " | ".join(s.name for s in worlds) + " | mean | worlds won |",
+                  "|---|" + "---|" * (len(worlds) + 2)]
+        for method, margin in margins.items():
+            cells = [f"{margin['per_world'][s.name]:+.2f}" if s.name in margin["per_world"] else ""
+                     for s in worlds]
+            lines.append(f"| {method} - an | " + " | ".join(cells)
+                         + f" | {margin['mean']:+.2f} | {margin['wins']}/{margin['worlds']} |")
+    for method in methods:
+        if METHODS[method][0] != "calr":
+            continue
+        lines += ["", f"{method}: rejection precision / recall by epoch (mean over seeds)", "",
+                  "| world | " + " | ".join(f"ep {e}" for e in range(1, max(s.epochs for s in worlds) + 1)) + " |",
+                  "|---|" + "---|" * max(s.epochs for s in worlds)]
+        for spec in worlds:
+            entry = table[spec.name].get(method)
+            if entry is None:
+                continue
+            cells = ["-" if e["precision"] is None else f"{e['precision']:.2f} / {e['recall']:.2f}"
+                     for e in entry["rejection"]]
+            lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, results: list[RunResult], worlds: list[BenchWorld], methods: list[str],
+                   meta: dict[str, Any]) -> dict[str, Any]:
+    summary = summarize(results, worlds, methods)
+    atomic_write_text(out / "summary.json", json.dumps({**meta, **summary}, indent=2) + "\n")
+    markdown = markdown_tables(summary, worlds, methods)
+    atomic_write_text(out / "table.md", markdown)
+    atomic_write_text(out / "results.csv", _csv(
+        ["world", "method", "seed", "test_map", "best_val_map", "best_epoch", "seconds"],
+        [{k: v for k, v in asdict(r).items() if k != "epochs"} for r in results]))
+    epoch_rows = [{"world": r.world, "method": r.method, "seed": r.seed, **e} for r in results for e in r.epochs]
+    columns = list(dict.fromkeys(key for row in epoch_rows for key in row))
+    atomic_write_text(out / "epochs.csv", _csv(columns, epoch_rows))
+    return summary
+
+
+def _csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
+    return buffer.getvalue()

@@ -1,0 +1,198 @@
+"""Runs the sweep: each (world, seed, method) trained and tested through the trainer's own pieces,
+resumable from ``runs.json``; and the ``python -m train bench-method`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from spml.data import Split
+from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, strong_transform, weak_transform
+from spml.metrics import mean_average_precision
+from spml.runtime import DistInfo, atomic_write_text
+from train.bench_method.results import RunResult, markdown_tables, write_outputs
+from train.bench_method.worlds import (
+    DEFAULT_METHODS,
+    DEFAULT_SEEDS,
+    EXTRA_WORLDS,
+    METHODS,
+    QUICK_WORLDS,
+    WORLDS,
+    BenchWorld,
+    WorldData,
+    render_world,
+)
+from train.config import TrainConfig
+from train.engine import build_objective, build_optimizer
+from train.loop import predict, rejection_diagnostics, train_one_epoch
+
+
+class InMemoryImages(torch.utils.data.Dataset):
+    """The trainer's items (``image``, ``strong``, ``observed``, ``labels``, ``index``) from PIL images."""
+
+    def __init__(self, images: list[Image.Image], labels: np.ndarray, observed: np.ndarray, image_size: int,
+                 strong: bool, training: bool = True):
+        self.images, self.labels, self.observed = images, labels, observed
+        self.weak = weak_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.eval = eval_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.strong = strong_transform(image_size, IMAGENET_MEAN, IMAGENET_STD) if strong else None
+        self.training = training  # False: the evaluation view (validation and test sets)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self.images[index]
+        item = {"image": (self.weak if self.training else self.eval)(image),
+                "observed": torch.from_numpy(self.observed[index].astype(np.int64)),
+                "labels": torch.from_numpy(self.labels[index].astype(np.float32)), "index": index}
+        if self.training and self.strong is not None:
+            item["strong"] = self.strong(image)
+        return item
+
+
+def _mean_average_precision(network: torch.nn.Module, dataset: InMemoryImages, batch_size: int) -> float:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    scores, labels = predict(network, loader, torch.device("cpu"))
+    return mean_average_precision(scores, labels)
+
+
+def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int) -> RunResult:
+    """Train one method on one world with one seed; test the model of the best validation epoch."""
+    from spml.model import create_model
+
+    loss, options = METHODS[method]
+    config = TrainConfig(data="-", out="-", loss=loss, arch="compact", arch_options={"width": 16},
+                         pretrained=False, epochs=spec.epochs, batch_size=spec.batch_size,
+                         image_size=spec.image_size, lr=1e-3, head_lr_multiplier=1.0, loss_options=dict(options),
+                         workers=0, seed=seed, amp=False, channels_last=False, log_every=10**9)
+    train_split = Split(name="train", source=Path("-"), classes=data.classes, images=[], rows=[],
+                        labels=data.labels["train"], observed=data.observed, has_hidden_labels=True)
+    torch.manual_seed(seed)
+    network = create_model("compact", len(data.classes), pretrained=False, width=16)
+    objective = build_objective(config, train_split)
+    train_set = InMemoryImages(data.images["train"], data.labels["train"], data.observed, spec.image_size,
+                               objective.needs_strong_view)
+    val_set, test_set = (InMemoryImages(data.images[split], data.labels[split],
+                                        np.zeros_like(data.labels[split], dtype=np.int8), spec.image_size, False,
+                                        training=False)
+                         for split in ("val", "test"))
+    generator = torch.Generator()
+    loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, generator=generator)
+    optimizer = build_optimizer(config, network, objective)
+    device, info = torch.device("cpu"), DistInfo()
+    start = time.perf_counter()
+    best_val, best_epoch, best_state, epochs = -1.0, 0, None, []
+    for epoch in range(1, spec.epochs + 1):
+        torch.manual_seed(seed * 1000 + epoch)
+        generator.manual_seed(seed * 1000 + epoch)
+        stats = train_one_epoch(network, objective, loader, optimizer, None, epoch, device, config, info, True)
+        val_map = _mean_average_precision(network, val_set, 64)
+        row = {"epoch": epoch, "val_map": round(val_map, 4), "rejected": stats.rejected,
+               "rejection_precision": stats.rejection_precision,
+               "rejected_fraction_of_unknown": stats.rejected / max(stats.unknown_entries, 1),
+               **rejection_diagnostics(objective, stats, train_split)}
+        if hasattr(objective, "thresholds"):
+            row["gap_threshold"] = objective.thresholds.gap_threshold
+        epochs.append(row)
+        if val_map > best_val:
+            best_val, best_epoch, best_state = val_map, epoch, copy.deepcopy(network.state_dict())
+    network.load_state_dict(best_state)
+    test_map = _mean_average_precision(network, test_set, 64)
+    return RunResult(spec.name, method, seed, test_map, best_val, best_epoch, time.perf_counter() - start, epochs)
+
+
+def _load_done(path: Path) -> list[RunResult]:
+    if not path.is_file():
+        return []
+    try:
+        return [RunResult(**entry) for entry in json.loads(path.read_text())]
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: not a runs file of this benchmark ({error}); "
+                         "remove it or choose another --out") from error
+
+
+def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], out: Path,
+              threads: int = 1, progress: bool = True, train: bool = True) -> dict[str, Any]:
+    """Run every (world, seed, method) not already in ``out/runs.json``; write the tables.
+
+    ``train=False`` only writes the tables of the runs already there (a sweep cut short, or the
+    ``runs.json`` lists of several processes joined into one)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if "an" not in methods:
+        raise ValueError("the benchmark measures against AN: include 'an' in --methods")
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / "runs.json"
+    results = _load_done(runs_path)
+    done = {(r.world, r.method, r.seed) for r in results}
+    # Seed by seed: a sweep cut short still has every world with the seeds it finished.
+    todo = [(spec, seed, method) for seed in seeds for spec in worlds for method in methods
+            if train and (spec.name, method, seed) not in done]
+    meta = {"command_worlds": [s.name for s in worlds], "methods": methods, "seeds": seeds,
+            "worlds": {s.name: {**asdict(s), "description": s.describe()} for s in worlds},
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"}
+    cache: tuple[tuple[str, int], WorldData] | None = None
+    with tqdm(total=len(todo), desc="bench-method", unit="run", disable=not progress) as bar:
+        for spec, seed, method in todo:
+            if cache is None or cache[0] != (spec.name, seed):
+                cache = ((spec.name, seed), render_world(spec, seed))
+            result = run_one(spec, cache[1], method, seed)
+            results.append(result)
+            atomic_write_text(runs_path, json.dumps([asdict(r) for r in results]) + "\n")
+            bar.set_postfix(world=spec.name, method=method, seed=seed, test_map=f"{result.test_map:.2f}")
+            bar.update(1)
+    return write_outputs(out, [r for r in results if (r.world, r.method, r.seed) in
+                               {(s.name, m, d) for s in worlds for m in methods for d in seeds}],
+                         worlds, methods, meta)
+
+
+def add_bench_method_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="two tiny worlds, one seed: a smoke run in seconds")
+    parser.add_argument("--worlds", help=f"comma-separated subset of {', '.join(WORLDS)}")
+    parser.add_argument("--methods", help=f"comma-separated, default {','.join(DEFAULT_METHODS)}; "
+                                          f"known: {', '.join(METHODS)}")
+    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; --quick: 0)")
+    parser.add_argument("--out", default="runs/bench-method", help="folder for runs.json and the tables")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the tables of the runs already in OUT/runs.json")
+    parser.set_defaults(func=_run)
+
+
+def _names(text: str | None, default: list[str] | tuple[str, ...]) -> list[str]:
+    return list(default) if not text else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _run(args: argparse.Namespace) -> int:
+    catalogue = QUICK_WORLDS if args.quick else {**WORLDS, **EXTRA_WORLDS}
+    names = _names(args.worlds, list(QUICK_WORLDS if args.quick else WORLDS))
+    missing = [name for name in names if name not in catalogue]
+    if missing:
+        raise ValueError(f"unknown world(s) {', '.join(missing)}; known: {', '.join(catalogue)}")
+    worlds = [catalogue[name] for name in names]
+    methods = _names(args.methods, DEFAULT_METHODS)
+    seeds = [int(s) for s in _names(args.seeds, ["0"] if args.quick else [str(s) for s in DEFAULT_SEEDS])]
+    out = Path(args.out)
+    start = time.perf_counter()
+    summary = run_sweep(worlds, methods, seeds, out, args.threads, train=not args.report_only)
+    for spec in worlds:
+        print(f"{spec.name}: {spec.describe()}")
+    print(markdown_tables(summary, worlds, methods))
+    print(f"{len(worlds)} worlds x {len(methods)} methods x {len(seeds)} seeds in "
+          f"{time.perf_counter() - start:.0f} s; tables in {out}")
+    return 0

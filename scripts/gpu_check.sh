@@ -2,7 +2,7 @@
 # The prepared GPU check: scripts/gpu_check.sh OUTDIR [--cpu-smoke]
 # Runs the project from this source tree (PYTHONPATH, no install, no network) on a stock CUDA machine
 # and writes OUTDIR/gpu_check.log and OUTDIR/gpu_check.json; the sections are described in
-# train/gpu_check.py. PYTHON picks the interpreter (default python3).
+# train/gpu_check/. PYTHON picks the interpreter (default python3).
 set -euo pipefail
 if [ $# -lt 1 ]; then
     echo "usage: scripts/gpu_check.sh OUTDIR [--cpu-smoke]" >&2

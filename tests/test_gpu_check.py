@@ -8,7 +8,7 @@ import sys
 from numbers import Number
 from pathlib import Path
 
-from train.gpu_check import SECTIONS
+from train.gpu_check.plan import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 

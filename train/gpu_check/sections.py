@@ -1,28 +1,8 @@
-"""``scripts/gpu_check.sh OUTDIR [--cpu-smoke]``: the prepared GPU check, one command on a stock CUDA machine.
-
-It needs only what such a machine has (torch, torchvision, safetensors, opencv, pillow, pyyaml, tqdm,
-huggingface-hub, pytest, scipy; no gradio, no network) and runs the project from its source tree.
-Sections, each timed and written to OUTDIR/gpu_check.json as soon as it ends (a killed check keeps
-what it measured); the shell script tees everything into OUTDIR/gpu_check.log:
-
-- ``environment``: torch, CUDA, the card;
-- ``bench``: ``train bench`` figures (AN / CALR / reference-style step, images/s, peak memory) for
-  ResNet-50 and Q2L at 448 px batch 16, fp32 and bf16, with the issue's target ratios;
-- ``loader``: the training loader alone (weak + strong views, 16 workers, 448 px) in images/s against
-  the CALR step's images/s;
-- ``fit`` and ``fit_torchrun``: a real CALR run (ResNet-50, 448 px, random init, a synthetic world of
-  2,000 images, 2 epochs) killed after epoch 1, resumed, then ``train evaluate``; the second under
-  ``torchrun --nproc_per_node=1``;
-- ``audit``: audit images/s against plain batched inference; ``analyze``: one analysis's latency;
-- ``tests``: the test suite without the browser and app tests (those import gradio), last, with
-  whatever time is left.
-
-``--cpu-smoke`` runs every section tiny on the CPU (well under a minute) so that a test keeps it working.
-"""
+"""The sections of the GPU check: each takes the plan, a scratch folder and the figures so far, and
+returns its own figures."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -33,63 +13,15 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spml.runtime import atomic_write_text
+from train.gpu_check.plan import TARGETS, Plan
 
-ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("environment", "bench", "loader", "fit", "fit_torchrun", "audit", "analyze", "tests")
-TARGETS = {"calr_over_an": 2.4, "reference_over_calr": 1.4, "loader_over_calr_step": 1.3, "calr_peak_over_an": 1.5}
-
-
-@dataclass
-class Plan:
-    """What each section runs: the full GPU check or its CPU smoke."""
-
-    device: str
-    world: dict[str, int]  # synthetic world: train, val, test sizes and the generated image size
-    fit_arch: str
-    fit_arch_options: dict[str, Any]
-    image_size: int
-    batch_size: int
-    epochs: int
-    workers: int
-    bench: list[tuple[str, dict[str, Any]]]  # (arch, arch options) at image_size, batch_size
-    bench_steps: int
-    bench_warmup: int
-    loader_batches: int
-    loader_workers: int
-    audit_images: int
-    audit_repeats: int
-    analyze_rounds: int
-    tests: list[str] = field(default_factory=list)  # pytest arguments
-    budget_s: float = 470.0  # the tests get what is left of it
-
-
-def full_plan() -> Plan:
-    return Plan(device="cuda", world={"train": 1400, "val": 300, "test": 300, "image_size": 128},
-                fit_arch="resnet50", fit_arch_options={}, image_size=448, batch_size=16, epochs=2, workers=16,
-                bench=[("resnet50", {}), ("q2l", {})], bench_steps=6, bench_warmup=3, loader_batches=40,
-                loader_workers=16, audit_images=256, audit_repeats=2, analyze_rounds=20,
-                tests=["tests", "--ignore=tests/test_app.py", "--ignore=tests/test_app_browser.py",
-                       "--ignore=tests/test_gpu_check.py"])
-
-
-def smoke_plan() -> Plan:
-    q2l_tiny = {"backbone": "compact", "hidden_dim": 32, "feedforward_dim": 64}
-    return Plan(device="cpu", world={"train": 24, "val": 8, "test": 8, "image_size": 32},
-                fit_arch="compact", fit_arch_options={"width": 8}, image_size=32, batch_size=8, epochs=2, workers=0,
-                bench=[("compact", {"width": 8}), ("q2l", q2l_tiny)], bench_steps=1, bench_warmup=1,
-                loader_batches=2, loader_workers=2, audit_images=16, audit_repeats=1, analyze_rounds=2,
-                tests=["tests/test_core_metrics.py"], budget_s=120.0)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def log(message: str) -> None:
@@ -106,9 +38,6 @@ def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
     sys.stdout.write(result.stdout[-4000:])
     sys.stdout.write(result.stderr[-4000:])
     return result
-
-
-# ----------------------------------------------------------------------------- sections
 
 
 def environment(plan: Plan, work: Path, results: dict[str, Any]) -> dict[str, Any]:
@@ -346,65 +275,3 @@ def tests(plan: Plan, work: Path, results: dict[str, Any], budget_s: float) -> d
     return {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0), "skipped": counts.get("skipped", 0),
             "errors": counts.get("error", 0) + counts.get("errors", 0), "returncode": code, "timed_out": timed_out,
             "cuda_cases": torch.cuda.is_available()}
-
-
-# ----------------------------------------------------------------------------- driver
-
-
-def run_check(outdir: Path, plan: Plan) -> dict[str, Any]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    report_path = outdir / "gpu_check.json"
-    results: dict[str, Any] = {}
-    started = time.perf_counter()
-    steps: dict[str, Callable[..., dict[str, Any]]] = {
-        "environment": environment, "bench": bench, "loader": loader, "fit": fit, "fit_torchrun": fit_torchrun,
-        "audit": audit, "analyze": analyze}
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as temporary:
-        work = Path(temporary)
-        for name in SECTIONS:
-            log(f"section {name}")
-            start = time.perf_counter()
-            try:
-                if name == "tests":
-                    results[name] = tests(plan, work, results, plan.budget_s - (start - started))
-                else:
-                    results[name] = steps[name](plan, work, results)
-            except Exception as error:  # noqa: BLE001 - one failing section must not hide the others' figures
-                traceback.print_exc()
-                results[name] = {"error": f"{type(error).__name__}: {error}"}
-            results[name]["seconds"] = round(time.perf_counter() - start, 2)
-            atomic_write_text(report_path, json.dumps(results, indent=2) + "\n")
-    results["total_seconds"] = round(time.perf_counter() - started, 2)
-    results["gradio_imported_by_check"] = "gradio" in sys.modules  # the GPU machine has no gradio
-    atomic_write_text(report_path, json.dumps(results, indent=2) + "\n")
-    log(f"done in {results['total_seconds']:.0f} s; figures in {report_path}")
-    return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("outdir", type=Path, help="where gpu_check.json (and, from the script, the log) go")
-    parser.add_argument("--cpu-smoke", action="store_true", help="every section tiny, on the CPU")
-    args = parser.parse_args(argv)
-    if args.cpu_smoke:
-        # One thread per process: the smoke's tensors are tiny, and on a busy machine several threads
-        # per process spin against each other (its steps ran 50x slower with two threads under load).
-        os.environ["OMP_NUM_THREADS"] = "1"  # for the subprocesses too
-        torch.set_num_threads(1)
-        plan = smoke_plan()
-    else:
-        if not torch.cuda.is_available():
-            print("error: no CUDA GPU here; run with --cpu-smoke for the CPU version", file=sys.stderr)
-            return 2
-        plan = full_plan()
-    results = run_check(args.outdir, plan)
-    failed = [name for name in SECTIONS if "error" in results[name]]
-    if results["tests"].get("failed") or results["tests"].get("errors") or results["tests"].get("timed_out"):
-        failed.append("tests")
-    if failed:
-        log(f"sections with errors or failures: {', '.join(failed)}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,80 +1,27 @@
-"""The page in headless Chromium (Debian's package, driven by playwright): upload, analyse, see every output.
-
-Skips when /usr/bin/chromium is missing, except under CI (the CI environment variable set), where it fails.
-Screenshots: app-inspect.png (an analysed image), app-other-world.png (a photo under a model of shapes, after
-loading that model from a local Hub cache through the page's field) and app-review.png (an audit under review),
-written to $SPML_SCREENSHOTS when set (`SPML_SCREENSHOTS=artifacts` refreshes the committed ones), else to a
-temporary folder, so that a test run leaves the checkout as it was. The page must not reach any host but the
-app's own: every request is recorded and checked at the end.
+"""The page in headless Chromium (Debian's package, driven by playwright): upload, analyse, see every output,
+on a fixture checkpoint (a one-epoch model of shapes: the behaviour, not the product; the product's screenshots
+are tests/test_screenshots.py's). The page must not reach any host but the app's own: every request is recorded
+and checked at the end.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from browser import image_src, open_page, require_chromium, review_status, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
-CHROMIUM = Path(os.environ.get("SPML_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(os.environ.get("SPML_SCREENSHOTS") or Path(tempfile.gettempdir()) / "spml-screenshots")
-TIMEOUT_MS = 60_000
 REQUESTS: list[str] = []  # every URL the page asked for, from its first load on
 
 
 @pytest.fixture(scope="module")
 def browser_page(request: pytest.FixtureRequest) -> Iterator:
-    if not CHROMIUM.is_file():
-        message = f"{CHROMIUM} is missing: run .ci/install_browser.sh (Debian's chromium package)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
+    require_chromium()
     app_url = request.getfixturevalue("app_url")  # launched only once the browser is known to be there
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("request", lambda request: REQUESTS.append(request.url))
-        # Offline: anything the app does not serve (web fonts, telemetry) is refused at once, not awaited.
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(app_url)
-                   else route.abort())
-        page.goto(app_url, wait_until="load")
-        page.wait_for_selector("#analyse")
+    with open_page(app_url, REQUESTS) as page:
         yield page
-        browser.close()
-
-
-def _screenshot(page, name: str) -> None:
-    """The whole page as a small PNG in ARTIFACTS (256 colours, at most 900 px wide): committed, so kept small."""
-    import io
-
-    from PIL import Image
-
-    page.wait_for_timeout(500)  # let the images finish painting
-    shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
-    if shot.width > 900:
-        shot = shot.resize((900, round(shot.height * 900 / shot.width)), Image.Resampling.LANCZOS)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot.quantize(256).save(ARTIFACTS / name, optimize=True)
-
-
-def _upload(page, path: Path) -> None:
-    page.locator("#input-image input[type=file]").set_input_files(str(path))
-    page.locator("#input-image img").first.wait_for()
-
-
-def _image_src(page, elem_id: str) -> str:
-    image = page.locator(f"#{elem_id} img").first
-    image.wait_for()
-    return image.get_attribute("src") or ""
 
 
 def test_page_explains_the_method_and_the_checkpoint(browser_page):
@@ -87,7 +34,7 @@ def test_page_explains_the_method_and_the_checkpoint(browser_page):
 
 def test_upload_analyse_and_see_every_output(browser_page, app_inputs):
     page = browser_page
-    _upload(page, app_inputs["scene"].path)
+    upload(page, app_inputs["scene"].path)
     page.locator("#analyse").click()
     # A header row and 9 class rows: every class but the positive.
     page.locator('#table [role=grid][aria-rowcount="10"]').wait_for()
@@ -95,14 +42,13 @@ def test_upload_analyse_and_see_every_output(browser_page, app_inputs):
     labels = page.locator("#labels").inner_text()
     assert sum(name in labels for name in ("circle", "square", "star", "ring", "heart")) >= 4
     for elem_id in ("cam", "masked", "crop"):
-        assert _image_src(page, elem_id), f"no image in #{elem_id}"
+        assert image_src(page, elem_id), f"no image in #{elem_id}"
     assert "rejected" in page.locator("#table thead").inner_text()
-    _screenshot(page, "app-inspect.png")
 
 
 def test_cam_gallery_shows_each_label_and_a_click_makes_it_the_positive(browser_page, app_inputs):
     page = browser_page
-    _upload(page, app_inputs["scene"].path)
+    upload(page, app_inputs["scene"].path)
     page.locator("#positive input").fill("")
     page.locator("#analyse").click()
     page.locator("#summary").get_by_text("the top prediction").wait_for()
@@ -118,17 +64,12 @@ def test_cam_gallery_shows_each_label_and_a_click_makes_it_the_positive(browser_
 
 def test_bad_file_shows_a_message_and_the_next_request_works(browser_page, app_inputs):
     page = browser_page
-    _upload(page, app_inputs["scene"].path)  # replaced below through the same file input
+    upload(page, app_inputs["scene"].path)  # replaced below through the same file input
     page.locator("#input-image input[type=file]").set_input_files(str(app_inputs["not-an-image"].path))
     page.locator("#analyse").click()
     page.get_by_text("not an image file").first.wait_for()
     page.locator("#examples button").first.click()
     page.locator("#summary").get_by_text("true labels").wait_for()
-
-
-def _review_status(page, text: str) -> None:
-    page.locator("#review-status").get_by_text(text).wait_for()
-    page.wait_for_timeout(300)  # the event settles: a key pressed while it is pending is ignored by design
 
 
 def test_audit_and_review_with_keys_survives_a_reload(browser_page, audit_zips, app_audits):
@@ -137,20 +78,19 @@ def test_audit_and_review_with_keys_survives_a_reload(browser_page, audit_zips, 
     page.locator("#audit-zip input[type=file]").set_input_files(str(audit_zips["good"]))
     page.locator("#audit-zip").get_by_text("shapes.zip").wait_for()
     page.locator("#audit-run").click()
-    _review_status(page, "Decided 0")
+    review_status(page, "Decided 0")
     assert page.locator("#audit-gallery img").count() >= 6
     assert "Suspect 1 of" in page.locator("#review-question").inner_text()
     page.keyboard.press("c")
-    _review_status(page, "Decided 1")
+    review_status(page, "Decided 1")
     page.keyboard.press("d")
-    _review_status(page, "Decided 2")
+    review_status(page, "Decided 2")
     assert "Suspect 3 of" in page.locator("#review-question").inner_text()
     page.keyboard.press("ArrowLeft")
     page.locator("#review-question").get_by_text("Suspect 2 of").wait_for()
-    _screenshot(page, "app-review.png")
     page.reload(wait_until="load")
     page.get_by_role("tab", name="Audit").click()
-    _review_status(page, "Decided 2")  # restored from the browser's stored audit id and the decision store
+    review_status(page, "Decided 2")  # restored from the browser's stored audit id and the decision store
     page.locator("#review-export").click()
     page.locator("#review-export-message").get_by_text("1 labels added and 1 classes").wait_for()
     page.locator('#review-file a[download="train.csv"]').wait_for()
@@ -163,13 +103,13 @@ def test_one_click_example_audit_and_its_review(browser_page):
     page.get_by_role("tab", name="Audit").click()
     page.locator("#audit-example").click()
     page.locator("#audit-summary").get_by_text("suspects found").wait_for()
-    _review_status(page, "Decided 0")
+    review_status(page, "Decided 0")
     question = page.locator("#review-question").inner_text()
     assert "Suspect 1 of" in question and "First: where the model sees a" in question, "the suspect's own CAM leads"
-    assert _image_src(page, "review-cam") and _image_src(page, "review-positive")
+    assert image_src(page, "review-cam") and image_src(page, "review-positive")
     assert page.locator("#audit-gallery img").count() == 12
     page.keyboard.press("c")
-    _review_status(page, "Decided 1")
+    review_status(page, "Decided 1")
 
 
 def test_audit_a_coco_zip(browser_page, coco_zip):
@@ -179,7 +119,7 @@ def test_audit_a_coco_zip(browser_page, coco_zip):
     page.locator("#audit-zip").get_by_text("shapes-coco.zip").wait_for()
     page.locator("#audit-run").click()
     page.locator("#audit-summary").get_by_text("Audited 10 images").wait_for()
-    _review_status(page, "Decided 0")
+    review_status(page, "Decided 0")
     assert "shapes/train/" in page.locator("#review-question").inner_text()
 
 
@@ -196,15 +136,14 @@ def test_load_a_hub_checkpoint_and_see_the_other_world_notice(browser_page, offl
     assert page.locator('#checkpoint-info a[href="https://huggingface.co/owner/shapes"]').count() == 1
     photo = tmp_path / "astronaut.png"
     Image.fromarray(skimage_data.astronaut()).save(photo)
-    _upload(page, photo)
+    upload(page, photo)
     page.locator("#analyse").click()
     page.locator("#world-notice").get_by_text("does not look like the images this model was trained on").wait_for()
     assert "hf://OWNER/NAME" in page.locator("#world-notice").inner_text()
-    _screenshot(page, "app-other-world.png")
     from spml.data.generic import load_dataset
 
     scene = load_dataset(calibrated_checkpoint.parent / "world").split("train").images[0]  # of its world
-    _upload(page, scene)
+    upload(page, scene)
     page.locator("#analyse").click()
     page.locator("#summary").get_by_text("Analysed at 64×64").wait_for()
     assert page.locator("#world-notice").inner_text().strip() == ""

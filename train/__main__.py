@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from spml.model import ARCHITECTURES
 from spml.runtime import print_line
 from train.prepare import add_prepare_arguments, run_prepare
 
@@ -17,7 +18,7 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="a recipe YAML (train/configs/); flags given here override it")
     parser.add_argument("--data", help="prepared data set folder (classes.txt, train.csv, ...)")
     parser.add_argument("--loss", help="full, an, an-ls, wan, epr, role, ll-r, ll-ct, ll-cp or calr")
-    parser.add_argument("--arch", help="compact, resnet18/34/50/101 or q2l")
+    parser.add_argument("--arch", help=f"one of {', '.join(ARCHITECTURES)}")
     parser.add_argument("--out", help="run directory; an interrupted run resumes from it")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)

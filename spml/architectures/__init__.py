@@ -1,10 +1,9 @@
 """The built-in architectures. Each module builds one family and registers it in
 :data:`spml.model.ARCHITECTURES` where it is defined; importing this package registers them all.
 
-A new architecture is one module here that ends in ``@register_architecture("name")`` on its builder
-(see :mod:`spml.architectures.compact`), plus its import line below.
+A new architecture is one module here whose builder carries ``@register_architecture("name")`` (see
+:mod:`spml.architectures.compact`), and its name in the import line below.
 """
 
-from spml.architectures import compact, q2l, resnet
-
-__all__ = ["compact", "q2l", "resnet"]
+# Imported for what they do on import: each module registers its architectures.
+from spml.architectures import compact, q2l, resnet  # noqa: F401

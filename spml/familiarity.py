@@ -17,7 +17,7 @@ turns the test off); an image whose share is below it is taken for another world
 Why not the network's own pooled features: on the demo model they do not tell photos from its world (a
 photo's features sit close to the training mean: 3 of 18 sample photos flagged, against 13 of 18 with this
 descriptor and 18 of 18 with the colour floor added, each with at most 1 false alarm on the 600 test scenes;
-README, "Decisions"). The descriptor does not depend on the architecture and costs a thumbnail, not a
+docs/method.md, Decisions). The descriptor does not depend on the architecture and costs a thumbnail, not a
 forward pass.
 
 ``calibrate_checkpoint`` writes the statistics into a checkpoint's config.json under ``familiarity``;

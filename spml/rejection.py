@@ -36,6 +36,46 @@ def rejection_mask(
     return unknown & (gap > gap_threshold) & (logits > class_average.to(logits.device))
 
 
+def probe_columns(observed: Tensor, turn: int) -> Tensor:
+    """(B,) the annotated positive each image hides from the rule as its probe, -1 where an image has
+    fewer than two: its ``turn mod count``-th positive in class order, so that every positive takes its
+    turn without drawing a random number (the training's random stream stays as it was)."""
+    positive = observed == 1
+    counts = positive.sum(dim=1)
+    rank = positive.long().cumsum(dim=1) - 1  # each positive's place among its image's positives
+    chosen = positive & (rank == (turn % counts.clamp_min(1))[:, None])
+    return torch.where(counts >= 2, chosen.to(torch.uint8).argmax(dim=1), torch.full_like(counts, -1))
+
+
+def probe_decisions(logits: Tensor, probe_logits: Tensor, columns: Tensor, gap_threshold: float | Tensor,
+                    class_average: Tensor) -> Tensor:
+    """Boolean (P,): whether the rule would reject each probe, the images' positive hidden from the mask
+    (``columns`` >= 0 rows only; ``probe_logits`` from those images masked to their other positives).
+
+    A probe is a positive outside the masked region, as an unannotated positive is; the share the rule
+    would reject samples its recall. ``gap_threshold`` is a number, a 0-d tensor or one per class."""
+    rows = torch.nonzero(columns >= 0).squeeze(1)
+    classes = columns[rows]
+    z = logits[rows, classes]
+    gap = (z - probe_logits[rows, classes]).abs()
+    threshold = torch.as_tensor(gap_threshold, device=z.device)
+    if threshold.dim() == 1:
+        threshold = threshold[classes]
+    return (gap > threshold) & (z > class_average.to(z.device)[classes])
+
+
+def estimated_precision(probes: int, probes_flagged: int, flagged: int, expected_missing: float | None
+                        ) -> float | None:
+    """The rule's precision as the probes tell it: its recall on them times the positives that lack a
+    label, over the entries it flags; at most 1. None without probes, flags or an expected count.
+
+    ``expected_missing`` is the number of unannotated positives the flagged entries were drawn from
+    (images seen times expected labels per image, minus the annotated positives)."""
+    if probes == 0 or flagged == 0 or expected_missing is None:
+        return None
+    return min(1.0, probes_flagged / probes * max(expected_missing, 0.0) / flagged)
+
+
 class RunningThresholds:
     """The two exponential moving averages of the rule, updated every training step.
 

@@ -30,6 +30,13 @@ def test_quick_sweep_writes_every_row_with_finite_numbers(tmp_path, capsys):
             assert e["precision"] is None or 0.0 <= e["precision"] <= 1.0
         # Warm-up epochs (3 by default) reject nothing.
         assert all(e["precision"] is None and e["recall"] == 0.0 for e in epochs[:3])
+        # The probes estimate the rule's precision where images have several annotated positives only
+        # (the rule's decisions are reported during the warm-up too).
+        estimates = [e["estimated_precision"] for e in epochs]
+        if QUICK_WORLDS[world].labels == "single":
+            assert estimates == [None] * len(epochs)
+        else:
+            assert all(v is not None and 0.0 <= v <= 1.0 for v in estimates), estimates
     margin = summary["margins_over_an"]["calr"]
     assert set(margin["per_world"]) == set(QUICK_WORLDS) and math.isfinite(margin["mean"])
     table = (out / "table.md").read_text()
@@ -48,6 +55,24 @@ def test_quick_sweep_writes_every_row_with_finite_numbers(tmp_path, capsys):
     assert main(["bench-method", "--quick", "--out", str(out), "--seeds", "0,5", "--report-only"]) == 0
     assert (out / "runs.json").read_text() == runs
     assert json.loads((out / "summary.json").read_text())["table"] == summary["table"]
+
+
+def test_rule_share_is_each_seed_against_the_rule_switched_off():
+    from train.bench_method.results import RunResult, markdown_tables, summarize
+
+    spec = QUICK_WORLDS["quick-single"]
+    maps = {("an", 0): 50.0, ("an", 1): 52.0, ("calr", 0): 80.0, ("calr", 1): 82.5,
+            ("calr-no-rejection", 0): 79.0, ("calr-no-rejection", 1): 83.0}
+    results = [RunResult(spec.name, method, seed, value, value, 1, 1.0,
+                         [{"rejection_precision": None, "rejection_recall": None,
+                           "rejected_fraction_of_unknown": 0.0, "averages_held": 1.0}] * spec.epochs)
+               for (method, seed), value in maps.items()]
+    methods = ["an", "calr", "calr-no-rejection"]
+    summary = summarize(results, [spec], methods)
+    # seed 0: 80 - 79 = +1; seed 1: 82.5 - 83 = -0.5; mean +0.25
+    assert summary["rule_share"] == {"calr": {spec.name: {"per_seed": {0: 1.0, 1: -0.5}, "mean": 0.25}}}
+    assert f"| {spec.name} | +1.00, -0.50 | +0.25 |" in markdown_tables(summary, [spec], methods)
+    assert summarize(results, [spec], ["an", "calr"])["rule_share"] == {}
 
 
 def test_partial_labels_keep_a_subset_and_at_least_one():

@@ -47,7 +47,7 @@ def test_defaults_without_a_recipe_and_reference_options():
     assert ours.warmup_epochs == 3 and ours.warmup_steps is None and ours.cam_threshold == 0.5
     reference = CALR(NUM_CLASSES, reference=True)
     assert REFERENCE_OPTIONS == {"bias_correction": False, "masked_bn": "update", "per_class_gap": False,
-                                 "ran_views": "strong"}
+                                 "ran_views": "strong", "min_precision": 0.0}
     assert not reference.thresholds.bias_correction and reference.masked_bn == "update"
     assert reference.ran_views == "strong"
     assert not reference.thresholds.per_class_gap and reference.thresholds.momentum == 0.999
@@ -213,9 +213,16 @@ def test_metrics_diagnostics_of_an_epoch():
     for _ in range(2):  # every batch gap 2, logits 1: uncorrected values hold 1 - 0.5**2 = 3/4
         objective.thresholds.update(torch.ones(3, 3), -torch.ones(3, 3), torch.tensor(observed))
     row = rejection_diagnostics(objective, stats, split)
-    assert row == {"rejection_recall": 0.5, "averages_held": 0.75, "gap_threshold_settled": 2.0,
+    assert row == {"rejection_recall": 0.5, "probes": 0, "probe_recall": None, "estimated_precision": None,
+                   "averages_held": 0.75, "gap_threshold_settled": 2.0,
                    "class_average_mean": 0.75, "class_average_settled_mean": 1.0}
     assert rejection_diagnostics(objective, stats, None)["rejection_recall"] is None
+    # With probes: 4 of 8 flagged; 2 labels an image over 3 images, 3 annotated: 3 lack a label; 4 flagged.
+    probed = EpochStats(loss=1.0, parts={}, images=3, seconds=1.0, rejected=3, rejected_true=1, unknown_entries=6,
+                        annotated=3, probes=8, probes_flagged=4, flagged=4)
+    row = rejection_diagnostics(objective, probed, split, expected_positives=2.0)
+    assert (row["probes"], row["probe_recall"], row["estimated_precision"]) == (8, 0.5, 0.375)
+    assert rejection_diagnostics(objective, probed, split)["estimated_precision"] is None
     assert rejection_diagnostics(AssumeNegative(), stats, split) == {}
 
 
@@ -270,12 +277,16 @@ def test_rejection_hints_where_the_sweeps_saw_the_rule_cost_accuracy():
     several = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=np.int8)  # 2.0 per image
     single = np.array([[1, 0, 0], [0, 1, 0], [1, -1, 0], [0, 0, 1]], dtype=np.int8)  # 1.0: -1 is a known negative
 
-    def split(observed: np.ndarray) -> Split:
-        return Split("train", Path("-"), ["a", "b", "c"], [], [], labels, observed, True)
+    def split(observed: np.ndarray, hidden: bool = False) -> Split:
+        return Split("train", Path("-"), ["a", "b", "c"], [], [], labels, observed, hidden)
 
     hints = rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16), split(several))
-    assert len(hints) == 1 and hints[0].startswith("2.0 annotated positives per training image")
-    assert "--warmup-epochs 8" in hints[0]
+    assert len(hints) == 1 and hints[0].startswith("2.0 annotated positives per training image and no label count")
+    assert "--expected-positives" in hints[0]
+    # A label count, given or from full labels, lets the probes estimate the precision: no hint.
+    assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16, expected_positives=3.0),
+                           split(several)) == []
+    assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16), split(several, hidden=True)) == []
     assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16), split(single)) == []
     small = rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=4), split(single))
     assert len(small) == 1 and small[0].startswith("batch 4:")
@@ -284,3 +295,88 @@ def test_rejection_hints_where_the_sweeps_saw_the_rule_cost_accuracy():
     assert rejection_hints(TrainConfig(loss="calr", epochs=8, warmup_epochs=8, batch_size=4), split(several)) == []
     assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=4, loss_options={"warmup_epochs": 9}),
                            split(several)) == []
+
+
+def _several_positives_batch():
+    batch = _batch()
+    batch["observed"] = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 1], [0, 0, 1]])
+    batch["labels"] = torch.tensor([[1, 1, 1], [0, 1, 0], [1, 0, 1], [0, 1, 1]])
+    return batch
+
+
+def test_probes_change_nothing_in_the_training_step():
+    """The probe pass leaves the loss, the rejections, the gradients, the BatchNorm buffers and the
+    random stream exactly as a step without it."""
+    batch = _several_positives_batch()
+    results = []
+    for probes in (False, True):
+        model = _model()
+        objective = CALR(NUM_CLASSES, warmup_epochs=0, masked_bn="update", probes=probes)
+        torch.manual_seed(7)
+        result = objective.step(model, batch, epoch=1)
+        result.loss.backward()
+        results.append((result, {n: p.grad.clone() for n, p in model.named_parameters()}, _bn_buffers(model),
+                        torch.rand(3)))
+    (plain, plain_grads, plain_bn, plain_draw), (probed, probed_grads, probed_bn, probed_draw) = results
+    assert plain.probe_counts is None and probed.probe_counts is not None
+    assert torch.equal(plain.loss, probed.loss) and torch.equal(plain.rejected, probed.rejected)
+    assert all(torch.equal(plain_grads[n], probed_grads[n]) for n in plain_grads)
+    assert all(torch.equal(plain_bn[n], probed_bn[n]) for n in plain_bn)
+    assert torch.equal(plain_draw, probed_draw)
+
+
+def test_probe_counts_of_a_fixed_batch_by_hand():
+    """Rows 0 and 2 have two annotated positives; after the step's update (turn 1) each hides its
+    second one, and the rule's decision on it uses the probe pass (the fourth forward pass)."""
+    model, batch = _model(), _several_positives_batch()
+    calls, inputs = [], []
+    model.register_forward_hook(lambda module, args, output: calls.append(output.logits.detach()))
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    result = CALR(NUM_CLASSES, warmup_epochs=0, probes=True).step(model, batch, epoch=1)
+    assert len(calls) == 4
+    logits, masked, probe = calls[0], calls[2], calls[3]
+    observed = batch["observed"]
+    positive = observed == 1
+    t_gap = float((logits - masked).abs()[positive].mean())  # bias-corrected after one step
+    class_average = logits.mean(dim=0)
+    flags = [bool((logits[i, c] - probe[i, c]).abs() > t_gap and logits[i, c] > class_average[c])
+             for i, c in ((0, 1), (2, 2))]
+    flagged = (observed == 0) & ((logits - masked).abs() > t_gap) & (logits > class_average)
+    assert result.probe_counts.tolist() == [2.0, float(sum(flags)), float(flagged.sum())]
+    # Rows without a probe are masked as in the rule's pass; rows 0 and 2, masked to one positive, are not.
+    assert torch.equal(inputs[3][[1, 3]], inputs[2][[1, 3]])
+    assert not torch.equal(inputs[3][0], inputs[2][0]) and not torch.equal(inputs[3][2], inputs[2][2])
+
+
+def test_min_precision_gate_by_hand():
+    """Past the warm-up the rule acts unless the previous epoch's estimate is below min_precision."""
+    objective = CALR(NUM_CLASSES, warmup_epochs=0)
+    assert objective.min_precision == CALR_DEFAULTS["min_precision"] == 0.65
+    for estimate, active in ((None, True), (0.64, False), (0.65, True), (0.9, True)):
+        objective.estimated_precision = estimate
+        assert objective.rejection_active(epoch=1) is active and objective.gated is (not active)
+    objective.estimated_precision = 0.9
+    assert objective.rejection_active(epoch=0) is (0 > objective.warmup_epochs)  # the warm-up still comes first
+    ungated = CALR(NUM_CLASSES, warmup_epochs=0, min_precision=0.0)
+    ungated.estimated_precision = 0.0
+    assert ungated.rejection_active(epoch=1)
+    reference = CALR(NUM_CLASSES, reference=True)
+    assert reference.min_precision == REFERENCE_OPTIONS["min_precision"] == 0.0
+    with pytest.raises(ValueError, match="min_precision"):
+        CALR(NUM_CLASSES, reference=True, min_precision=0.5)
+    with pytest.raises(ValueError, match="min_precision"):
+        CALR(NUM_CLASSES, min_precision=1.5)
+
+
+def test_a_gated_step_rejects_nothing_and_the_estimate_survives_a_state_round_trip():
+    batch = _batch()
+    open_rule = CALR(NUM_CLASSES, warmup_epochs=0, probes=True).step(_model(), batch, epoch=1)
+    objective = CALR(NUM_CLASSES, warmup_epochs=0, probes=True)
+    objective.estimated_precision = 0.25
+    result = objective.step(_model(), batch, epoch=1)
+    # The same decisions are flagged (2 entries, as the test above works out) and none is acted on.
+    assert int(open_rule.rejected.sum()) == 2 and torch.equal(result.probe_counts, open_rule.probe_counts)
+    assert not result.rejected.any() and int(result.probe_counts[2]) == 2
+    restored = CALR(NUM_CLASSES, warmup_epochs=0)
+    restored.load_state_dict(copy.deepcopy(objective.state_dict()))
+    assert restored.estimated_precision == 0.25 and restored.gated

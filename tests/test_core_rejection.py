@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 
-from spml.rejection import RunningThresholds, logit_gap, rejection_mask
+from spml.rejection import (
+    RunningThresholds,
+    estimated_precision,
+    logit_gap,
+    probe_columns,
+    probe_decisions,
+    rejection_mask,
+)
 
 
 def t(values, dtype=torch.float32) -> torch.Tensor:
@@ -185,3 +192,47 @@ def test_running_thresholds_average_the_gap_over_every_observed_positive():
     thresholds = RunningThresholds(4, momentum=0.5).update(t(LOGITS), t(MASKED), observed)
     assert thresholds.gap_threshold == pytest.approx(0.5 * 4.0)
     assert thresholds.class_average.tolist() == pytest.approx([0.5 * 1.15, 0.5 * 2.0, 0.5 * 1.25, 0.0])
+
+
+# Probes: with several annotated positives, one of them is hidden from the mask in turn.
+PROBE_OBSERVED = [[1, 0, 1, 1], [1, 0, 0, 0], [0, 1, 1, -1], [0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("turn, expected", [
+    (0, [0, -1, 1, -1]),  # each image's first positive; rows with fewer than two have none
+    (1, [2, -1, 2, -1]),
+    (2, [3, -1, 1, -1]),  # row 2 has two positives: turn 2 is its first again
+    (4, [2, -1, 1, -1]),  # 4 mod 3 = 1 in row 0, 4 mod 2 = 0 in row 2
+])
+def test_probe_columns_take_turns_by_hand(turn, expected):
+    assert probe_columns(t(PROBE_OBSERVED, torch.long), turn).tolist() == expected
+
+
+def test_probe_columns_cover_every_positive_over_the_turns():
+    observed = t(PROBE_OBSERVED, torch.long)
+    seen = {(row, int(column)) for turn in range(6) for row, column in enumerate(probe_columns(observed, turn))
+            if column >= 0}
+    assert seen == {(0, 0), (0, 2), (0, 3), (2, 1), (2, 2)}
+
+
+def test_probe_decisions_by_hand():
+    columns = t([0, -1, 2, 1], torch.long)
+    logits = t([[2.0, 0.0, 0.0], [9.0, 9.0, 9.0], [0.0, 0.0, 1.0], [0.0, 0.5, 0.0]])
+    probe_logits = t([[0.5, 0.0, 0.0], [-9.0, -9.0, -9.0], [0.0, 0.0, 0.8], [0.0, -2.0, 0.0]])
+    class_average = t([1.0, 0.6, 0.0])
+    # row 0, class 0: gap 1.5 > 1, z 2 > 1 -> flagged; row 1: no probe (its 9s never count)
+    # row 2, class 2: gap 0.2 <= 1 -> not; row 3, class 1: gap 2.5 > 1 but z 0.5 <= 0.6 -> not
+    assert probe_decisions(logits, probe_logits, columns, 1.0, class_average).tolist() == [True, False, False]
+    # One gap threshold per class: class 0 needs more than 2, class 2 more than 0.1.
+    per_class = t([2.0, 1.0, 0.1])
+    assert probe_decisions(logits, probe_logits, columns, per_class, class_average).tolist() == [False, True, False]
+
+
+def test_estimated_precision_by_hand():
+    # recall on the probes 6/10; 50 positives lack a label; 40 entries flagged: 0.6 * 50 / 40
+    assert estimated_precision(10, 6, 40, 50.0) == pytest.approx(0.75)
+    assert estimated_precision(10, 9, 40, 100.0) == 1.0  # capped
+    assert estimated_precision(10, 6, 40, -3.0) == 0.0  # more annotated than expected: nothing missing
+    assert estimated_precision(0, 0, 40, 50.0) is None
+    assert estimated_precision(10, 6, 0, 50.0) is None
+    assert estimated_precision(10, 6, 40, None) is None

@@ -200,3 +200,52 @@ def test_bench_json_has_the_figures(capsys, arch):
                 "arch", "batch_size", "image_size"):
         assert key in figures
     assert figures["calr_over_an"] == pytest.approx(figures["calr_step_s"] / figures["an_step_s"])
+
+
+@pytest.fixture(scope="module")
+def tiny_partial_world(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("partial") / "data", seed=3, train=24, val=12, test=12,
+                                  image_size=32, progress=False, partial=0.5)
+
+
+def test_probes_estimate_the_rule_precision_in_metrics_and_the_log(tiny_partial_world, tiny_world, tmp_path, caplog):
+    """Several annotated positives: every epoch reports the probes and the estimated precision (the
+    warm-up reports what the rule would do); an expected count of one label an image leaves no label
+    missing, so the estimate is 0 and the run warns while the rule rejects. Single positives: no probes."""
+    with caplog.at_level("INFO", logger="train"):
+        fit(tiny_config(tiny_partial_world, tmp_path / "partial"))
+    rows = read_metrics(tmp_path / "partial")
+    assert all(int(row["probes"]) > 0 for row in rows)
+    assert all(0.0 <= float(row["probe_recall"]) <= 1.0 for row in rows)
+    assert all(row["estimated_precision"] == "" or 0.0 <= float(row["estimated_precision"]) <= 1.0
+               for row in rows)
+    assert any("probes (hidden annotated positives)" in r.getMessage() for r in caplog.records)
+    # One label an image: nothing is missing, the estimate is 0. With the gate off the rule rejects in
+    # epoch 2 and the run warns; with the default gate (0.65) it stays off in epoch 2 and says so.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="train"):
+        fit(tiny_config(tiny_partial_world, tmp_path / "ungated", expected_positives=1.0,
+                        loss_options={"bias_correction": True, "min_precision": 0.0}))
+    rows = read_metrics(tmp_path / "ungated")
+    assert int(rows[1]["rejected"]) > 0 and float(rows[1]["estimated_precision"]) == 0.0
+    assert any(r.levelname == "WARNING" and "the rejection rule is guessing" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="train"):
+        fit(tiny_config(tiny_partial_world, tmp_path / "gated", expected_positives=1.0))
+    rows = read_metrics(tmp_path / "gated")
+    assert float(rows[0]["estimated_precision"]) == 0.0 and rows[1]["rejected"] == "0"
+    assert any("the rule stays off in the next epoch" in r.getMessage() for r in caplog.records)
+    assert not any("the rejection rule is guessing" in r.getMessage() for r in caplog.records)
+    fit(tiny_config(tiny_world, tmp_path / "single"))
+    rows = read_metrics(tmp_path / "single")
+    assert all(row["probes"] == "0" and row["estimated_precision"] == "" for row in rows)
+
+
+def test_expected_positives_reaches_the_run_from_the_command_line(tiny_partial_world, tmp_path):
+    run = tmp_path / "run"
+    assert train_main(["fit", "--data", str(tiny_partial_world), "--out", str(run), "--loss", "calr",
+                       "--arch", "compact", "--no-pretrained", "--epochs", "1", "--image-size", "32",
+                       "--batch-size", "8", "--workers", "0", "--expected-positives", "1"]) == 0
+    assert "expected_positives: 1.0" in (run / "config.yaml").read_text()
+    assert float(read_metrics(run)[0]["estimated_precision"]) == 0.0  # one label an image: none missing

@@ -37,6 +37,9 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                         help="skip bad rows and unreadable images (counted in the log) instead of stopping")
     parser.add_argument("--folds", type=int, help="cross-fitting: train K models, each without one fold of the "
                         "training split (RUN/folds.json, RUN/fold-<f>/), for an out-of-sample `spml audit`")
+    parser.add_argument("--expected-positives", type=float,
+                        help="labels per image, annotated or not: EPR and ROLE's target, and what CALR's probes need "
+                             "to estimate the rule's precision on a set with several annotated positives")
     parser.add_argument("--single-positive", action="store_true", default=None,
                         help="draw one positive per row from labels by the protocol (for files without a positive "
                              "column); by default every class in labels is observed")
@@ -49,7 +52,8 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     overrides = {key: getattr(args, key) for key in (
         "data", "loss", "arch", "out", "epochs", "batch_size", "image_size", "lr", "warmup_epochs", "pretrained",
-        "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad", "single_positive")}
+        "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad", "single_positive",
+        "expected_positives")}
     config = load_config(args.config, overrides)
     if config.synthetic is not None and not (Path(config.data) / "classes.txt").is_file():
         from spml.data import make_synthetic_dataset

@@ -20,6 +20,7 @@ from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.losses import CALR, Objective
 from spml.losses.base import StepResult
 from spml.metrics import mean_average_precision
+from spml.rejection import estimated_precision
 from spml.runtime import DistInfo
 from train import distributed
 from train.config import TrainConfig
@@ -44,6 +45,10 @@ class EpochStats:
     rejected: int
     rejected_true: int | None  # rejected entries that are real labels (None: full labels unknown)
     unknown_entries: int
+    annotated: int = 0  # annotated positives seen
+    probes: int = 0  # CALR's probes (see spml.rejection.probe_columns) and how many the rule flagged
+    probes_flagged: int = 0
+    flagged: int = 0  # unknown entries the rule flagged, whether it acted (rejected) or not (warm-up)
 
     @property
     def rejection_precision(self) -> float | None:
@@ -77,7 +82,8 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
     objective.train()
     amp = bool(config.amp)
     channels_last = bool(config.channels_last)
-    totals = torch.zeros(4, device=device)  # loss sum, batches, rejected, rejected true positives
+    # loss sum, batches, rejected, rejected true positives, annotated positives, probes, probes flagged, flagged
+    totals = torch.zeros(8, device=device)
     part_totals: dict[str, torch.Tensor] = {}
     unknown = torch.zeros((), device=device)
     images = 0
@@ -112,6 +118,9 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
         totals[0] += result.loss.detach().float()
         totals[1] += 1
         unknown += (batch["observed"] == 0).sum()
+        totals[4] += (batch["observed"] == 1).sum()
+        if result.probe_counts is not None:
+            totals[5:8] += result.probe_counts
         if result.rejected is not None:
             totals[2] += result.rejected.sum()
             totals[3] += (result.rejected & (batch["labels"] > 0)).sum()
@@ -132,12 +141,16 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
     images_seen = int(distributed.all_reduce_sum(info, torch.tensor([images], device=device))[0])
     return EpochStats(
         loss=float(packed[0]) / batches,
-        parts={name: float(packed[5 + i]) / batches for i, name in enumerate(names)},
+        parts={name: float(packed[9 + i]) / batches for i, name in enumerate(names)},
         images=images_seen,
         seconds=time.perf_counter() - start,
         rejected=int(packed[2]),
         rejected_true=int(packed[3]) if full_labels_known else None,
-        unknown_entries=int(packed[4]),
+        unknown_entries=int(packed[8]),
+        annotated=int(packed[4]),
+        probes=int(packed[5]),
+        probes_flagged=int(packed[6]),
+        flagged=int(packed[7]),
     )
 
 
@@ -183,14 +196,26 @@ def calr_thresholds(objective: Objective):
     return objective.thresholds if isinstance(objective, CALR) else None
 
 
-def rejection_diagnostics(objective: Objective, stats: EpochStats, train_split: Split | None) -> dict[str, Any]:
+def expected_labels(config: TrainConfig, train_split: Split) -> float | None:
+    """Labels per training image: ``--expected-positives`` when given, else the mean of the split's
+    full labels where it has them (a synthetic or converted set), else unknown (None)."""
+    if config.expected_positives is not None:
+        return float(config.expected_positives)
+    return float(train_split.labels.sum(axis=1).mean()) if train_split.has_hidden_labels else None
+
+
+def rejection_diagnostics(objective: Objective, stats: EpochStats, train_split: Split | None,
+                          expected_positives: float | None = None) -> dict[str, Any]:
     """CALR's metrics.csv columns that tell early whether the rule misbehaves (empty for other losses).
 
     ``rejection_recall``: rejected real labels over the hidden positives of ``train_split``, which the
     epoch saw in full (None without the split or its full labels); ``averages_held``: the share of
     their settled value that T_gap and A_c hold in the rule (1 - m^t without bias correction:
     rejecting while it is small rejects nearly everything); the ``*_settled`` columns are the
-    bias-corrected values the averages are heading for."""
+    bias-corrected values the averages are heading for. With probes (several annotated positives):
+    ``probes``, ``probe_recall`` (the share of them the rule would reject) and ``estimated_precision``
+    (:func:`spml.rejection.estimated_precision`, which needs ``expected_positives``, labels per image),
+    which it also hands to the objective: its ``min_precision`` gate reads it in the next epoch."""
     thresholds = calr_thresholds(objective)
     if thresholds is None:
         return {}
@@ -198,7 +223,15 @@ def rejection_diagnostics(objective: Objective, stats: EpochStats, train_split: 
     if train_split is not None and train_split.has_hidden_labels and stats.rejected_true is not None:
         hidden = int(((train_split.observed == 0) & (train_split.labels > 0)).sum())
         recall = round(stats.rejected_true / hidden, 4) if hidden else None
-    return {"rejection_recall": recall, "averages_held": round(thresholds.settled_fraction, 4),
+    probe_recall = estimate = None
+    if stats.probes:
+        probe_recall = round(stats.probes_flagged / stats.probes, 4)
+        missing = None if expected_positives is None else expected_positives * stats.images - stats.annotated
+        estimate = estimated_precision(stats.probes, stats.probes_flagged, stats.flagged, missing)
+    objective.estimated_precision = estimate  # the gate of the next epoch reads it (min_precision)
+    return {"rejection_recall": recall, "probes": stats.probes, "probe_recall": probe_recall,
+            "estimated_precision": None if estimate is None else round(estimate, 4),
+            "averages_held": round(thresholds.settled_fraction, 4),
             "gap_threshold_settled": round(thresholds.settled_gap_threshold, 6),
             "class_average_mean": round(float(thresholds.class_average.mean()), 6),
             "class_average_settled_mean": round(float(thresholds.settled_class_average.mean()), 6)}

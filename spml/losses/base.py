@@ -32,6 +32,8 @@ class StepResult:
     logits: Tensor  # weak-view logits, detached
     rejected: Tensor | None = None  # (B, C) entries dropped or corrected this step
     parts: dict[str, Tensor] = field(default_factory=dict)  # named loss parts, detached
+    # CALR with probes: (3,) probes, probes the rule flags, unknown entries it flags (acting or not)
+    probe_counts: Tensor | None = None
 
 
 class Objective(nn.Module):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from spml.cam import CamNorm, apply_masks, positive_masks
 from spml.losses.base import Objective, StepResult, assume_negative_matrix, neg_log_sigmoid
 from spml.model import SPMLModel
-from spml.rejection import RunningThresholds, rejection_mask
+from spml.rejection import RunningThresholds, probe_columns, probe_decisions, rejection_mask
 
 RAN_VIEWS = ("strong", "both", "weak")
 MASKED_BATCHNORM_MODES = ("batch", "eval", "update")
@@ -131,11 +131,13 @@ def masked_pass_batchnorm(model: nn.Module, mode: str) -> Iterator[None]:
 
 
 # The reference's rule, and ours: what a CALR built without options (no recipe) uses. Chosen by the
-# ablations of the method benchmark (README, "Method benchmark"; Decisions).
+# ablations of the method benchmark (docs/benchmarks.md; docs/method.md, Decisions). min_precision 0.65:
+# the gate wants a true precision of 0.5, and the probes' estimate ran 0.14 to 0.17 above the measured
+# precision where the partial world could check it (docs/benchmarks.md, "The rule's gate").
 REFERENCE_OPTIONS: dict[str, Any] = {"bias_correction": False, "masked_bn": "update", "per_class_gap": False,
-                                     "ran_views": "strong"}
+                                     "ran_views": "strong", "min_precision": 0.0}
 CALR_DEFAULTS: dict[str, Any] = {"bias_correction": True, "masked_bn": "batch", "per_class_gap": False,
-                                 "ran_views": "both"}
+                                 "ran_views": "both", "min_precision": 0.65}
 
 
 class CALR(Objective):
@@ -146,7 +148,7 @@ class CALR(Objective):
     used at test time), running averages without bias correction, one global gap threshold.
 
     Without ``reference``, every option left at None takes the value in ``CALR_DEFAULTS``, the
-    defaults that won the method benchmark (README, "Method benchmark"):
+    defaults that won the method benchmark (docs/benchmarks.md):
 
     - ``bias_correction``: divide the running averages by ``1 - m**t``. Uncorrected, they start at 0
       and hold ``1 - m**t`` of their value (7% after 76 steps at m = 0.999), so a short warm-up
@@ -161,6 +163,17 @@ class CALR(Objective):
     - ``batchnorm_passes=2`` folds every batch of every model call into BatchNorm twice, as the CALR
       code does by running the backbone twice per call (see :func:`repeated_batchnorm_updates`);
       IGNORE's code runs it once.
+    - ``probes``: with several annotated positives per image, each step also masks every image that has
+      two or more to all its positives but one (the probe, see :func:`spml.rejection.probe_columns`)
+      and records whether the rule would reject the probe: a sample of the rule's recall, from which
+      ``train fit`` estimates its precision (:func:`spml.rejection.estimated_precision`). One more
+      pass without autograd, on the whole batch so that every rank of a distributed run makes the
+      same calls; it changes nothing in the training (BatchNorm buffers untouched, the random stream
+      restored). ``train fit`` turns it on when the
+      training split has an image with two or more annotated positives.
+    - ``min_precision``: the rule rejects in an epoch only while the precision its probes estimated
+      over the previous epoch (``estimated_precision``, set by the trainer) is at least this; 0 turns
+      the gate off. Without an estimate (single positives, no expected label count) it never closes.
     """
 
     name = "calr"
@@ -170,9 +183,18 @@ class CALR(Objective):
                  warmup_epochs: int = 3, weights: tuple[float, float, float] = (0.5, 1.0, 0.5),
                  momentum: float = 0.999, bias_correction: bool | None = None, reference: bool = False,
                  masked_bn: str | None = None, per_class_gap: bool | None = None, warmup_steps: int | None = None,
-                 batchnorm_passes: int = 1, ran_views: str | None = None):
+                 batchnorm_passes: int = 1, ran_views: str | None = None, probes: bool = False,
+                 min_precision: float | None = None):
         super().__init__()
+        self.probes = probes
         chosen = REFERENCE_OPTIONS if reference else CALR_DEFAULTS
+        if reference and min_precision not in (None, 0.0):
+            raise ValueError(f"reference CALR rejects whatever its precision; min_precision={min_precision!r} "
+                             "contradicts it")
+        self.min_precision = float(chosen["min_precision"] if min_precision is None else min_precision)
+        if not 0.0 <= self.min_precision <= 1.0:
+            raise ValueError(f"min_precision must be in [0, 1], got {self.min_precision}")
+        self.estimated_precision: float | None = None  # over the last finished epoch
         if reference and masked_bn not in (None, "update"):
             raise ValueError(f"reference CALR updates BatchNorm in the masked pass; masked_bn={masked_bn!r} "
                              "contradicts it")
@@ -201,25 +223,55 @@ class CALR(Objective):
         self._rejecting = False
 
     def get_extra_state(self) -> dict[str, Any]:
-        return self.thresholds.state_dict()
+        return {**self.thresholds.state_dict(), "estimated_precision": self.estimated_precision}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.estimated_precision = state.get("estimated_precision")
         self.thresholds.load_state_dict(state)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the rule is held off because its estimated precision is below ``min_precision``."""
+        return self.estimated_precision is not None and self.estimated_precision < self.min_precision
+
+    def masked_images(self, spml_model: SPMLModel, images: Tensor, output, observed: Tensor) -> Tensor:
+        """The images masked to the CAMs of their ``observed`` positives."""
+        with torch.no_grad():
+            masks = positive_masks(spml_model, output, observed, tuple(images.shape[-2:]), self.cam_threshold,
+                                   self.cam_norm)
+            return apply_masks(images, masks)
 
     def masked_logits(self, model: nn.Module, spml_model: SPMLModel, images: Tensor, output,
                       observed: Tensor) -> Tensor:
         """Logits of the images masked to their observed positive's CAM (detached)."""
-        with torch.no_grad():
-            masks = positive_masks(spml_model, output, observed, tuple(images.shape[-2:]), self.cam_threshold,
-                                   self.cam_norm)
-            masked_images = apply_masks(images, masks)
+        masked_images = self.masked_images(spml_model, images, output, observed)
         if self.reference:
             return model(masked_images).logits.detach()
         with torch.no_grad(), masked_pass_batchnorm(model, self.masked_bn):
             return model(masked_images).logits
 
+    def probe_counts(self, model: nn.Module, spml_model: SPMLModel, images: Tensor, output, observed: Tensor,
+                     flagged: Tensor) -> Tensor:
+        """(3,) probes in the batch, probes the rule would reject, and the batch's flagged entries."""
+        columns = probe_columns(observed, self.thresholds.steps)
+        probes = columns >= 0
+        hidden = observed.clone()
+        hidden[probes, columns[probes]] = 0
+        masked_images = self.masked_images(spml_model, images, output, hidden)
+        # Batch statistics even where the rule's pass folds them into the buffers: the probe must not
+        # change the training, nor draw from its random stream (dropout in a transformer head).
+        devices = [images.device] if images.device.type == "cuda" else []
+        mode = "batch" if self.masked_bn == "update" else self.masked_bn
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), masked_pass_batchnorm(model, mode):
+            probe_logits = model(masked_images).logits.float()
+        decisions = probe_decisions(output.logits.detach().float(), probe_logits, columns,
+                                    self.thresholds.gap_threshold_tensor, self.thresholds.class_average)
+        return torch.stack([probes.sum(), decisions.sum(), flagged.sum()]).float()
+
     def rejection_active(self, epoch: int) -> bool:
         """Whether the rule rejects in this step (called after the step's threshold update)."""
+        if self.gated:
+            return False
         if self.warmup_steps is not None:
             return self.thresholds.steps > self.warmup_steps
         return epoch > self.warmup_epochs
@@ -243,13 +295,15 @@ class CALR(Objective):
         logits = output.logits
         detached = logits.detach()
         self.thresholds.to(detached.device).update(detached, masked, observed)
-        if not self.rejection_active(epoch):
-            rejected = torch.zeros_like(observed, dtype=torch.bool)
-        else:
-            if not self._rejecting:
-                self._rejecting = True
-                self._warn_if_unsettled()
-            rejected = rejection_mask(detached, masked, observed, self.thresholds.gap_threshold_tensor,
-                                      self.thresholds.class_average)
+        active = self.rejection_active(epoch)
+        if active and not self._rejecting:
+            self._rejecting = True
+            self._warn_if_unsettled()
+        flagged = None
+        if active or self.probes:  # the rule's decision: acted on, or only reported during the warm-up
+            flagged = rejection_mask(detached, masked, observed, self.thresholds.gap_threshold_tensor,
+                                     self.thresholds.class_average)
+        rejected = flagged if active else torch.zeros_like(observed, dtype=torch.bool)
+        counts = self.probe_counts(model, spml_model, images, output, observed, flagged) if self.probes else None
         loss, parts = calr_loss(logits, strong_logits, observed, rejected, self.weights, self.ran_views)
-        return StepResult(loss=loss, logits=detached, rejected=rejected, parts=parts)
+        return StepResult(loss=loss, logits=detached, rejected=rejected, parts=parts, probe_counts=counts)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from spml.runtime import atomic_write_text
-from train.bench_method.worlds import METHODS, BenchWorld
+from train.bench_method.worlds import METHODS, NO_REJECTION, BenchWorld
 
 
 @dataclass
@@ -49,9 +49,11 @@ def summarize(results: list[RunResult], worlds: list[BenchWorld], methods: list[
                 for epoch in range(1, spec.epochs + 1):
                     rows = [r.epochs[epoch - 1] for r in runs]
                     precisions = [x["rejection_precision"] for x in rows if x["rejection_precision"] is not None]
+                    estimates = [x["estimated_precision"] for x in rows if x.get("estimated_precision") is not None]
                     by_epoch.append({
                         "epoch": epoch,
                         "precision": float(np.mean(precisions)) if precisions else None,
+                        "estimated_precision": float(np.mean(estimates)) if estimates else None,
                         "recall": float(np.mean([x["rejection_recall"] or 0.0 for x in rows])),
                         "rejected_fraction_of_unknown": float(np.mean([x["rejected_fraction_of_unknown"]
                                                                        for x in rows])),
@@ -69,7 +71,30 @@ def summarize(results: list[RunResult], worlds: list[BenchWorld], methods: list[
             margins[method] = {"per_world": per_world, "mean": float(np.mean(list(per_world.values()))),
                                "min": float(min(per_world.values())),
                                "wins": sum(v > 0 for v in per_world.values()), "worlds": len(per_world)}
-    return {"table": table, "margins_over_an": margins, "seeds_asked": len({r.seed for r in results})}
+    return {"table": table, "margins_over_an": margins, "rule_share": _rule_share(results, worlds, methods),
+            "seeds_asked": len({r.seed for r in results})}
+
+
+def _rule_share(results: list[RunResult], worlds: list[BenchWorld], methods: list[str]) -> dict[str, Any]:
+    """Each CALR variant against ``calr-no-rejection`` (the rule never on), seed by seed: the rule's own
+    share of the test mAP, where the sweep ran both."""
+    if NO_REJECTION not in methods:
+        return {}
+    by_key = {(r.world, r.method, r.seed): r.test_map for r in results}
+    shares: dict[str, Any] = {}
+    for method in methods:
+        if METHODS[method][0] != "calr" or method == NO_REJECTION:
+            continue
+        per_world = {}
+        for spec in worlds:
+            per_seed = {seed: by_key[(spec.name, method, seed)] - off
+                        for (world, name, seed), off in sorted(by_key.items())
+                        if world == spec.name and name == NO_REJECTION and (spec.name, method, seed) in by_key}
+            if per_seed:
+                per_world[spec.name] = {"per_seed": per_seed, "mean": float(np.mean(list(per_seed.values())))}
+        if per_world:
+            shares[method] = per_world
+    return shares
 
 
 def markdown_tables(summary: dict[str, Any], worlds: list[BenchWorld], methods: list[str]) -> str:
@@ -93,17 +118,27 @@ def markdown_tables(summary: dict[str, Any], worlds: list[BenchWorld], methods: 
                      for s in worlds]
             lines.append(f"| {method} - an | " + " | ".join(cells)
                          + f" | {margin['mean']:+.2f} | {margin['wins']}/{margin['worlds']} |")
+    for method, per_world in summary.get("rule_share", {}).items():
+        lines += ["", f"The rule's share, {method} - {NO_REJECTION} (test mAP, seed by seed)", "",
+                  "| world | per seed | mean |", "|---|---|---|"]
+        for spec in worlds:
+            if spec.name in per_world:
+                share = per_world[spec.name]
+                seeds = ", ".join(f"{value:+.2f}" for _, value in sorted(share["per_seed"].items()))
+                lines.append(f"| {spec.name} | {seeds} | {share['mean']:+.2f} |")
     for method in methods:
         if METHODS[method][0] != "calr":
             continue
-        lines += ["", f"{method}: rejection precision / recall by epoch (mean over seeds)", "",
+        lines += ["", f"{method}: rejection precision / recall by epoch (mean over seeds); in brackets the "
+                  "precision the probes estimate, where images have several positives", "",
                   "| world | " + " | ".join(f"ep {e}" for e in range(1, max(s.epochs for s in worlds) + 1)) + " |",
                   "|---|" + "---|" * max(s.epochs for s in worlds)]
         for spec in worlds:
             entry = table[spec.name].get(method)
             if entry is None:
                 continue
-            cells = ["-" if e["precision"] is None else f"{e['precision']:.2f} / {e['recall']:.2f}"
+            cells = [("-" if e["precision"] is None else f"{e['precision']:.2f} / {e['recall']:.2f}")
+                     + ("" if e.get("estimated_precision") is None else f" ({e['estimated_precision']:.2f})")
                      for e in entry["rejection"]]
             lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

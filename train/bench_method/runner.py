@@ -36,7 +36,7 @@ from train.bench_method.worlds import (
 )
 from train.config import TrainConfig
 from train.engine import build_objective, build_optimizer
-from train.loop import predict, rejection_diagnostics, train_one_epoch
+from train.loop import expected_labels, predict, rejection_diagnostics, train_one_epoch
 
 
 class InMemoryImages(torch.utils.data.Dataset):
@@ -103,7 +103,7 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int) -> RunRes
         row = {"epoch": epoch, "val_map": round(val_map, 4), "rejected": stats.rejected,
                "rejection_precision": stats.rejection_precision,
                "rejected_fraction_of_unknown": stats.rejected / max(stats.unknown_entries, 1),
-               **rejection_diagnostics(objective, stats, train_split)}
+               **rejection_diagnostics(objective, stats, train_split, expected_labels(config, train_split))}
         if hasattr(objective, "thresholds"):
             row["gap_threshold"] = objective.thresholds.gap_threshold
         epochs.append(row)

@@ -67,6 +67,7 @@ QUICK_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
                image_size=48, labels="partial"),
 )}
 
+NO_REJECTION = "calr-no-rejection"  # ours with the rule never on: the rule's share is measured against it
 # method name -> (loss, loss_options). "calr" is CALR as a user gets it without a recipe ("ours");
 # the calr-* variants change one option each, for the ablations.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -85,7 +86,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     # The other way to settle uncorrected averages: wait until they hold half their value (693 steps
     # at m = 0.999), counted in steps whatever the epoch length.
     "calr-settle-no-bias-correction": ("calr", {"bias_correction": False, "warmup_steps": 693}),
-    "calr-no-rejection": ("calr", {"warmup_steps": 10**9}),  # CALR's other terms alone
+    NO_REJECTION: ("calr", {"warmup_steps": 10**9}),  # CALR's other terms alone
     "calr-no-l2": ("calr", {"weights": (0.5, 1.0, 0.0)}),  # without the strong/weak consistency term
     "calr-ran-strong": ("calr", {"ran_views": "strong"}),  # RAN on the strong view only: the paper's, ours until now
     "calr-ran-weak": ("calr", {"ran_views": "weak"}),

@@ -121,10 +121,14 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_world, tmp_path):
     assert all(ours[name].equal(theirs[name]) for name in ours)
 
 
-def test_ddp_with_two_processes_on_gloo(tiny_world, tmp_path):
+@pytest.mark.parametrize("world", ["tiny_world", "tiny_partial_world"])
+def test_ddp_with_two_processes_on_gloo(world, request, tmp_path):
+    """Single positives, and several (every rank runs the probe pass each step, whether its own images
+    have probes or not, so no rank waits in a collective the other skipped)."""
+    data = request.getfixturevalue(world)
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "train", "fit", "--data", str(tiny_world), "--out", str(out), "--loss", "calr",
+               "-m", "train", "fit", "--data", str(data), "--out", str(out), "--loss", "calr",
                "--arch", "compact", "--no-pretrained", "--epochs", "2", "--batch-size", "4", "--image-size", "32",
                "--warmup-epochs", "1", "--device", "cpu", "--workers", "0"]
     result = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
@@ -134,7 +138,11 @@ def test_ddp_with_two_processes_on_gloo(tiny_world, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 2 and 0.0 <= summary["test_map"] <= 100.0
     rows = read_metrics(out)
-    assert len(rows) == 2 and int(rows[1]["rejected"]) > 0
+    assert len(rows) == 2
+    if world == "tiny_world":
+        assert int(rows[1]["rejected"]) > 0 and rows[1]["probes"] == "0"
+    else:  # the probes of both ranks are counted; the gate may hold the rule off
+        assert all(int(row["probes"]) > 0 and 0.0 <= float(row["estimated_precision"]) <= 1.0 for row in rows)
     # Thresholds averaged over the global batch: the checkpoint holds one set of them.
     assert load_model(out / "best").thresholds is not None
 
@@ -200,6 +208,7 @@ def test_bench_json_has_the_figures(capsys, arch):
                 "arch", "batch_size", "image_size"):
         assert key in figures
     assert figures["calr_over_an"] == pytest.approx(figures["calr_step_s"] / figures["an_step_s"])
+    assert figures["probes_over_calr"] == pytest.approx(figures["calr_probes_step_s"] / figures["calr_several_step_s"])
 
 
 @pytest.fixture(scope="module")

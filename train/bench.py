@@ -85,30 +85,39 @@ def run_bench(arch: str = "resnet50", image_size: int | None = None, batch_size:
     batch = {"image": torch.randn(batch_size, 3, image_size, image_size, generator=generator),
              "strong": torch.randn(batch_size, 3, image_size, image_size, generator=generator),
              "observed": observed, "labels": observed.float(), "index": torch.arange(batch_size)}
-    batch = to_device(batch, resolved, channels_last=on_cuda)  # channels-last on CUDA, as the trainer runs
+    # The same images with a second annotated positive each: every image is probed (the probes' worst case).
+    several = observed.clone()
+    several[torch.arange(batch_size), (observed.argmax(dim=1) + 1) % num_classes] = 1
+    batches = {"single": to_device(batch, resolved, channels_last=on_cuda),  # channels-last on CUDA, as trained
+               "several": to_device({**batch, "observed": several, "labels": several.float()}, resolved,
+                                    channels_last=on_cuda)}
     variants = {
-        "an": (lambda m: m, AssumeNegative()),
-        "calr": (lambda m: m, CALR(num_classes)),
-        "reference": (ReferenceStyleModel if arch != "q2l" else (lambda m: m), CALR(num_classes, reference=True)),
+        "an": (lambda m: m, AssumeNegative(), "single"),
+        "calr": (lambda m: m, CALR(num_classes), "single"),
+        "reference": (ReferenceStyleModel if arch != "q2l" else (lambda m: m), CALR(num_classes, reference=True),
+                      "single"),
+        "calr_several": (lambda m: m, CALR(num_classes), "several"),
+        "calr_probes": (lambda m: m, CALR(num_classes, probes=True), "several"),
     }
     medians: dict[str, float] = {}
     peaks: dict[str, float | None] = {}
-    for name, (wrap, objective) in variants.items():
+    for name, (wrap, objective, batch_name) in variants.items():
         model = wrap(copy.deepcopy(base)).to(resolved)  # every variant starts from the same weights
         if on_cuda:
             model = model.to(memory_format=torch.channels_last)
-        times = time_steps(model, objective.to(resolved), batch, steps, warmup, resolved, amp)
+        times = time_steps(model, objective.to(resolved), batches[batch_name], steps, warmup, resolved, amp)
         medians[name] = statistics.median(times)
         peaks[name] = torch.cuda.max_memory_allocated(resolved) / 2**20 if on_cuda else None
         del model
     return {
-        "an_step_s": medians["an"], "calr_step_s": medians["calr"], "reference_step_s": medians["reference"],
+        **{f"{name}_step_s": medians[name] for name in variants},
         **{f"{name}_images_per_s": batch_size / medians[name] for name in variants},
         # peak memory needs CUDA's allocator statistics: None on the CPU
         **{f"{name}_peak_mib": peaks[name] for name in variants},
         "calr_peak_over_an": None if peaks["an"] is None else peaks["calr"] / peaks["an"],
         "calr_over_an": medians["calr"] / medians["an"],
         "reference_over_calr": medians["reference"] / medians["calr"],
+        "probes_over_calr": medians["calr_probes"] / medians["calr_several"],
         "device": torch.cuda.get_device_name(resolved) if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
         "arch": arch, "batch_size": batch_size, "image_size": image_size, "num_classes": num_classes,
         "steps": steps, "warmup": warmup, "amp": amp, "torch": torch.__version__,
@@ -134,10 +143,11 @@ def _run(args: argparse.Namespace) -> int:
     result = run_bench(args.arch, args.image_size, args.batch_size, args.num_classes, args.steps, args.warmup,
                        args.device, args.amp, args.arch_options)
     print(f"{result['arch']} at {result['image_size']} px, batch {result['batch_size']}, {result['device']}:")
-    for name in ("an", "calr", "reference"):
-        print(f"  {name:<10} {result[name + '_step_s'] * 1000:9.1f} ms/step")
+    for name in ("an", "calr", "reference", "calr_several", "calr_probes"):
+        print(f"  {name:<13} {result[name + '_step_s'] * 1000:9.1f} ms/step")
     print(f"  CALR / AN            {result['calr_over_an']:.2f}  (target <= 2.4)")
     print(f"  reference / CALR     {result['reference_over_calr']:.2f}  (target >= 1.4)")
+    print(f"  CALR with probes / without, two positives an image  {result['probes_over_calr']:.2f}")
     if result["calr_peak_over_an"] is not None:
         print(f"  peak memory CALR / AN {result['calr_peak_over_an']:.2f}  (target <= 1.5; "
               f"{result['an_peak_mib']:.0f} / {result['calr_peak_mib']:.0f} / {result['reference_peak_mib']:.0f} MiB)")

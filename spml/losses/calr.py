@@ -132,8 +132,8 @@ def masked_pass_batchnorm(model: nn.Module, mode: str) -> Iterator[None]:
 
 # The reference's rule, and ours: what a CALR built without options (no recipe) uses. Chosen by the
 # ablations of the method benchmark (docs/benchmarks.md; docs/method.md, Decisions). min_precision 0.65:
-# the gate wants a true precision of 0.5, and the probes' estimate ran 0.14 to 0.17 above the measured
-# precision where the partial world could check it (docs/benchmarks.md, "The rule's gate").
+# the gate wants a true precision of 0.5, and on the partial world an epoch's estimate while gated ran
+# 0.14 to 0.17 above the precision the rule had once it acted (docs/benchmarks.md, "The rule's gate").
 REFERENCE_OPTIONS: dict[str, Any] = {"bias_correction": False, "masked_bn": "update", "per_class_gap": False,
                                      "ran_views": "strong", "min_precision": 0.0}
 CALR_DEFAULTS: dict[str, Any] = {"bias_correction": True, "masked_bn": "batch", "per_class_gap": False,
@@ -169,8 +169,8 @@ class CALR(Objective):
       ``train fit`` estimates its precision (:func:`spml.rejection.estimated_precision`). One more
       pass without autograd, on the whole batch so that every rank of a distributed run makes the
       same calls; it changes nothing in the training (BatchNorm buffers untouched, the random stream
-      restored). ``train fit`` turns it on when the
-      training split has an image with two or more annotated positives.
+      restored). ``train fit`` turns it on when the training split has an image with two or more
+      annotated positives.
     - ``min_precision``: the rule rejects in an epoch only while the precision its probes estimated
       over the previous epoch (``estimated_precision``, set by the trainer) is at least this; 0 turns
       the gate off. Without an estimate (single positives, no expected label count) it never closes.

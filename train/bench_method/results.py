@@ -81,15 +81,16 @@ def _rule_share(results: list[RunResult], worlds: list[BenchWorld], methods: lis
     if NO_REJECTION not in methods:
         return {}
     by_key = {(r.world, r.method, r.seed): r.test_map for r in results}
+    seeds = sorted({r.seed for r in results})
     shares: dict[str, Any] = {}
     for method in methods:
         if METHODS[method][0] != "calr" or method == NO_REJECTION:
             continue
         per_world = {}
         for spec in worlds:
-            per_seed = {seed: by_key[(spec.name, method, seed)] - off
-                        for (world, name, seed), off in sorted(by_key.items())
-                        if world == spec.name and name == NO_REJECTION and (spec.name, method, seed) in by_key}
+            per_seed = {seed: by_key[(spec.name, method, seed)] - by_key[(spec.name, NO_REJECTION, seed)]
+                        for seed in seeds
+                        if (spec.name, method, seed) in by_key and (spec.name, NO_REJECTION, seed) in by_key}
             if per_seed:
                 per_world[spec.name] = {"per_seed": per_seed, "mean": float(np.mean(list(per_seed.values())))}
         if per_world:

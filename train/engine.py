@@ -297,7 +297,7 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
             if estimate is not None:
                 log.info("epoch %d: the rule would reject %d of %d probes (hidden annotated positives); "
                          "estimated precision %.3f", epoch, stats.probes_flagged, stats.probes, estimate)
-                if objective.gated:
+                if objective.gated and epoch < config.epochs:
                     log.info("the rule stays off in the next epoch: its estimated precision %.3f is below "
                              "min_precision %g", estimate, objective.min_precision)
                 if estimate < 0.5 and stats.rejected:

@@ -304,19 +304,20 @@ def _several_positives_batch():
     return batch
 
 
-def test_probes_change_nothing_in_the_training_step():
+def test_probes_change_nothing_in_the_training_step(any_device):
     """The probe pass leaves the loss, the rejections, the gradients, the BatchNorm buffers and the
-    random stream exactly as a step without it."""
-    batch = _several_positives_batch()
+    random streams (the CPU's and the device's) exactly as a step without it."""
+    batch = {key: value.to(any_device) for key, value in _several_positives_batch().items()}
     results = []
     for probes in (False, True):
-        model = _model()
+        model = _model().to(any_device)
         objective = CALR(NUM_CLASSES, warmup_epochs=0, masked_bn="update", probes=probes)
         torch.manual_seed(7)
         result = objective.step(model, batch, epoch=1)
         result.loss.backward()
+        draws = torch.cat([torch.rand(3), torch.rand(3, device=any_device).cpu()])
         results.append((result, {n: p.grad.clone() for n, p in model.named_parameters()}, _bn_buffers(model),
-                        torch.rand(3)))
+                        draws))
     (plain, plain_grads, plain_bn, plain_draw), (probed, probed_grads, probed_bn, probed_draw) = results
     assert plain.probe_counts is None and probed.probe_counts is not None
     assert torch.equal(plain.loss, probed.loss) and torch.equal(plain.rejected, probed.rejected)

@@ -17,7 +17,7 @@ import gradio as gr
 import torch
 
 from spml.app import assets
-from spml.app.audit import AuditController, AuditView, AuditWorkspace, ExportView, ReviewView
+from spml.app.audit import AuditController, AuditView, ExportView, ReviewView
 from spml.app.common import as_outputs, fix_malloc_threshold
 from spml.app.inspect import (
     NORM_LABELS,
@@ -29,6 +29,7 @@ from spml.app.inspect import (
 )
 from spml.app.outputs import OutputFiles
 from spml.app.registry import DEFAULT_CHECKPOINT, CheckpointRegistry
+from spml.app.workspace import AuditWorkspace
 from spml.cam import CAM_NORMS
 
 HERE = Path(__file__).resolve().parent

@@ -21,6 +21,7 @@ from spml.app import common
 from spml.app import inspect as app_inspect
 from spml.app import registry as app_registry
 from spml.app.outputs import OutputFiles
+from spml.app.workspace import AuditWorkspace
 from spml.audit import suspect_evidence
 from spml.checkpoint import load_model
 from spml.data.synthetic import SYNTHETIC_CLASSES
@@ -372,7 +373,7 @@ def test_output_files_are_unique_and_pruned(tmp_path):
 @pytest.fixture(scope="module")
 def auditor(app_checkpoint, tmp_path_factory) -> app_audit.AuditController:
     registry = app_registry.CheckpointRegistry(str(app_checkpoint), base_dir=ROOT, device="cpu")
-    return app_audit.AuditController(registry, app_audit.AuditWorkspace(tmp_path_factory.mktemp("audits")))
+    return app_audit.AuditController(registry, AuditWorkspace(tmp_path_factory.mktemp("audits")))
 
 
 def test_audit_callback_ranks_shows_evidence_and_finds_the_audit_again(auditor, audit_zips):
@@ -402,7 +403,7 @@ def test_review_decisions_persist_undo_and_export(auditor, audit_zips):
     shown = auditor.review_decide(audit_id, shown.position, "dismiss")
     assert shown.position == 2 and "1 dismissed" in shown.status
     # A restart: new controller and workspace objects, same folder. The review resumes where it was.
-    restarted = app_audit.AuditController(auditor.registry, app_audit.AuditWorkspace(auditor.workspace.directory))
+    restarted = app_audit.AuditController(auditor.registry, AuditWorkspace(auditor.workspace.directory))
     restored_audit, restored_review = restarted.restore(audit_id)
     assert restored_audit.audit_id == audit_id and restored_review.position == 2
     assert "Decided 2" in restored_review.status

@@ -80,3 +80,11 @@ def image_src(page, elem_id: str) -> str:
 def review_status(page, text: str) -> None:
     page.locator("#review-status").get_by_text(text).wait_for()
     page.wait_for_timeout(300)  # the event settles: a key pressed while it is pending is ignored by design
+
+
+def open_example_audit(page) -> None:
+    """The Audit tab's one-click example audit, run and waiting for its first review decision."""
+    page.get_by_role("tab", name="Audit").click()
+    page.locator("#audit-example").click()
+    page.locator("#audit-summary").get_by_text("suspects found").wait_for()
+    review_status(page, "Decided 0")

@@ -9,6 +9,7 @@ import sys
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,18 +140,25 @@ def app_audits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("audits")
 
 
-@pytest.fixture(scope="module")
-def app_url(app_checkpoint: Path, app_audits: Path) -> Iterator[str]:
-    """The app of app.py on the fixture checkpoint, launched on a free local port for one test module."""
+@contextmanager
+def served_app(checkpoint: str, audits: Path) -> Iterator[str]:
+    """The app of app.py on ``checkpoint``, launched on a free local port; yields its URL, closes after."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     port = free_local_port()
     app = load_app_module()
-    demo = app.build_app(str(app_checkpoint), audits=app_audits)
+    demo = app.build_app(checkpoint, audits=audits)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=app.CSS)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(app_checkpoint: Path, app_audits: Path) -> Iterator[str]:
+    """The app on the fixture checkpoint, for one test module."""
+    with served_app(str(app_checkpoint), app_audits) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

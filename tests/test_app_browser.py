@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from browser import image_src, open_page, require_chromium, review_status, upload
+from browser import image_src, open_example_audit, open_page, require_chromium, review_status, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
@@ -100,10 +100,7 @@ def test_audit_and_review_with_keys_survives_a_reload(browser_page, audit_zips, 
 
 def test_one_click_example_audit_and_its_review(browser_page):
     page = browser_page
-    page.get_by_role("tab", name="Audit").click()
-    page.locator("#audit-example").click()
-    page.locator("#audit-summary").get_by_text("suspects found").wait_for()
-    review_status(page, "Decided 0")
+    open_example_audit(page)
     question = page.locator("#review-question").inner_text()
     assert "Suspect 1 of" in question and "First: where the model sees a" in question, "the suspect's own CAM leads"
     assert image_src(page, "review-cam") and image_src(page, "review-positive")

@@ -11,16 +11,14 @@ pictures; without SPML_SCREENSHOTS they go to a temporary folder and the checkou
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import image_src, open_page, require_chromium, review_status, screenshot, upload
-from conftest import load_app_module
+from browser import image_src, open_example_audit, open_page, require_chromium, review_status, screenshot, upload
+from conftest import served_app
 
 from spml.data.synthetic import render_scene
-from spml.runtime import free_local_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
@@ -39,15 +37,8 @@ def first_busy_test_scene(minimum: int = 3) -> tuple[int, list[str]]:
 
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    port = free_local_port()
-    app = load_app_module()
-    demo = app.build_app(DEMO, audits=tmp_path_factory.mktemp("demo-audits"))
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=app.CSS)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with served_app(DEMO, tmp_path_factory.mktemp("demo-audits")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +80,7 @@ def test_a_real_photo_under_the_model_of_shapes_gets_the_notice(demo_page, tmp_p
 
 def test_the_example_audit_under_review(demo_page):
     page = demo_page
-    page.get_by_role("tab", name="Audit").click()
-    page.locator("#audit-example").click()
-    page.locator("#audit-summary").get_by_text("suspects found").wait_for()
-    review_status(page, "Decided 0")
+    open_example_audit(page)
     assert "Suspect 1 of" in page.locator("#review-question").inner_text()
     page.keyboard.press("c")
     review_status(page, "Decided 1")

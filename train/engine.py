@@ -250,6 +250,7 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
     for hint in rejection_hints(config, train_split):
         log.info("note: %s", hint)
     full_labels_known = train_split.has_hidden_labels
+    labels_per_image = expected_labels(config, train_split)  # the probes' estimate needs it every epoch
     dataset_name = Path(config.data).name
     first_epoch = config.epochs + 1 if state.stopped_epoch is not None else state.epoch + 1
     for epoch in range(first_epoch, config.epochs + 1):
@@ -271,7 +272,7 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
                "rejected_fraction_of_unknown": round(stats.rejected / max(stats.unknown_entries, 1), 6),
                "gap_threshold": None if thresholds is None else round(thresholds.gap_threshold, 6),
                **rejection_diagnostics(objective, stats, None if config.max_steps_per_epoch else train_split,
-                                       expected_labels(config, train_split)),
+                                       labels_per_image),
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 2),
                "images_per_s": round(stats.images / max(stats.seconds, 1e-9), 2)}
         state.history.append(row)

@@ -95,6 +95,7 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int) -> RunRes
     device, info = torch.device("cpu"), DistInfo()
     start = time.perf_counter()
     best_val, best_epoch, best_state, epochs = -1.0, 0, None, []
+    labels_per_image = expected_labels(config, train_split)
     for epoch in range(1, spec.epochs + 1):
         torch.manual_seed(seed * 1000 + epoch)
         generator.manual_seed(seed * 1000 + epoch)
@@ -103,7 +104,7 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int) -> RunRes
         row = {"epoch": epoch, "val_map": round(val_map, 4), "rejected": stats.rejected,
                "rejection_precision": stats.rejection_precision,
                "rejected_fraction_of_unknown": stats.rejected / max(stats.unknown_entries, 1),
-               **rejection_diagnostics(objective, stats, train_split, expected_labels(config, train_split))}
+               **rejection_diagnostics(objective, stats, train_split, labels_per_image)}
         if hasattr(objective, "thresholds"):
             row["gap_threshold"] = objective.thresholds.gap_threshold
         epochs.append(row)

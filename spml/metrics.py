@@ -50,6 +50,19 @@ def precision_recall_at_k(scores: np.ndarray, targets: np.ndarray, k: int) -> tu
     return float(result[f"precision_at_{k}"]), float(result[f"recall_at_{k}"])
 
 
+def precision_at_recall(scores: np.ndarray, targets: np.ndarray, recall: float) -> float:
+    """Precision of the shortest top of the ranking (highest scores first, stable order for ties)
+    that holds at least ``recall`` of the positives; NaN when there is no positive."""
+    if not 0.0 < recall <= 1.0:
+        raise ValueError(f"recall must be in (0, 1], got {recall}")
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    hits = np.cumsum(np.asarray(targets).ravel()[np.argsort(-scores, kind="mergesort")] > 0)
+    if hits.size == 0 or hits[-1] == 0:
+        return float("nan")
+    top = int(np.searchsorted(hits, recall * hits[-1] - 1e-9)) + 1
+    return float(hits[top - 1] / top)
+
+
 class StreamingRanking:
     """Average precision, AUROC and precision/recall@k of one ranking, fed in chunks in descending
     score order, in memory independent of the number of items: the audit ranks more candidates than

@@ -97,3 +97,53 @@ def test_default_sweep_spans_the_issue_range():
     classes = [w.world.classes for w in WORLDS.values()]
     assert min(steps) == 20 and max(steps) == 300 and min(classes) == 6 and max(classes) == 20
     assert {w.labels for w in WORLDS.values()} == {"single", "partial"}
+
+
+def test_rule_scores_and_their_separation_on_a_hand_case():
+    from train.bench_method.separability import RECALLS, SCORES, rule_scores, separation
+
+    logits = np.array([[2.0, 1.0], [0.0, -1.0]])  # class means 1.0 and 0.0
+    masked = np.array([[2.0, -2.0], [1.0, -1.0]])
+    outside = np.array([[0.0, 3.0], [0.0, 0.0]])
+    scores = rule_scores(logits, masked, outside)
+    assert set(scores) == set(SCORES)
+    np.testing.assert_array_equal(scores["logit"], [[1.0, 1.0], [-1.0, -1.0]])
+    np.testing.assert_array_equal(scores["gap"], [[0.0, 3.0], [1.0, 0.0]])
+    np.testing.assert_array_equal(scores["drop"], [[0.0, 3.0], [-1.0, 0.0]])
+    np.testing.assert_array_equal(scores["logit_x_drop"], [[0.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(scores["outside"], [[-1.0, 3.0], [-1.0, 0.0]])
+    # Image 0's class 0 is its annotated positive: only the three unknown entries are ranked; the real
+    # label among them is (0, 1), the two absent classes are (1, 0) and (1, 1).
+    labels = np.array([[1, 1], [0, 0]])
+    observed = np.array([[1, 0], [0, 0]])
+    result = separation(scores, labels, observed)
+    assert set(result) == {f"{s}_{m}" for s in SCORES for m in ["auroc"] + [f"p{r:g}" for r in RECALLS]}
+    assert result["gap_auroc"] == 1.0 and result["gap_p0.3"] == 1.0  # 3.0 above 1.0 and 0.0
+    assert result["logit_auroc"] == 1.0  # 1.0 above -1.0 twice
+    assert result["drop_auroc"] == 1.0
+    # Without a real label among the unknown entries there is nothing to separate.
+    assert all(math.isnan(v) for v in separation(scores, np.array([[1, 0], [0, 0]]), observed).values())
+
+
+def test_separability_changes_no_run_and_is_measured_again_where_missing(tmp_path):
+    plain, measured = tmp_path / "plain", tmp_path / "measured"
+    common = ["bench-method", "--quick", "--methods", "an,calr-no-rejection"]
+    assert main([*common, "--out", str(plain)]) == 0
+    measured.mkdir()
+    (measured / "runs.json").write_bytes((plain / "runs.json").read_bytes())
+    assert main([*common, "--out", str(measured), "--separability"]) == 0
+    before, after = (json.loads((d / "runs.json").read_text()) for d in (plain, measured))
+    # Every run lacked the measurement, so every run ran again, replacing its entry: same runs, same mAP.
+    assert [(r["world"], r["method"], r["seed"], r["test_map"]) for r in after] == \
+        [(r["world"], r["method"], r["seed"], r["test_map"]) for r in before]
+    for run in after:
+        for row in run["epochs"]:
+            values = [v for k, v in row.items() if k.startswith("sep_")]
+            assert len(values) == 15 and all(math.isnan(v) or 0.0 <= v <= 1.0 for v in values), row
+    summary = json.loads((measured / "summary.json").read_text())
+    assert set(summary["separability"]) == {"an", "calr-no-rejection"}
+    table = (measured / "table.md").read_text()
+    assert "the best score's precision at recall 0.3 by epoch" in table
+    runs = (measured / "runs.json").read_text()
+    assert main([*common, "--out", str(measured), "--separability"]) == 0  # all measured: nothing reruns
+    assert (measured / "runs.json").read_text() == runs

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from spml.metrics import average_precision, mean_average_precision, precision_recall_at_k, roc_auc, sigmoid
+from spml.metrics import (
+    average_precision,
+    mean_average_precision,
+    precision_at_recall,
+    precision_recall_at_k,
+    roc_auc,
+    sigmoid,
+)
 
 
 def test_average_precision_hand_cases():
@@ -76,6 +83,20 @@ def test_precision_recall_at_k_hand_case():
     # ties keep the input order; no positive at all gives recall 0
     assert precision_recall_at_k(np.array([0.5, 0.5, 0.2]), np.array([0, 1, 1]), 1) == (0.0, 0.0)
     assert precision_recall_at_k(np.array([0.5, 0.4]), np.array([0, 0]), 1) == (0.0, 0.0)
+
+
+def test_precision_at_recall_hand_case():
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5]
+    targets = [1, 0, 1, 0, 1]
+    assert precision_at_recall(scores, targets, 1 / 3) == 1.0  # the top one holds a third of the positives
+    assert precision_at_recall(scores, targets, 0.5) == 2 / 3  # 1.5 positives needed: the top three hold 2
+    assert precision_at_recall(scores, targets, 2 / 3) == 2 / 3
+    assert precision_at_recall(scores, targets, 1.0) == 3 / 5
+    # Order, not position in the array; ties in the order given (stable).
+    assert precision_at_recall([0.1, 0.4, 0.4], [1, 0, 1], 0.5) == 0.5
+    assert math.isnan(precision_at_recall(scores, [0] * 5, 0.5))
+    with pytest.raises(ValueError, match="recall"):
+        precision_at_recall(scores, targets, 0.0)
 
 
 def test_sigmoid_of_one_float_never_overflows():

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from spml.runtime import atomic_write_text
+from train.bench_method.separability import RECALLS, SCORES
 from train.bench_method.worlds import METHODS, NO_REJECTION, BenchWorld
 
 
@@ -27,6 +28,11 @@ class RunResult:
     best_epoch: int
     seconds: float
     epochs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def has_separability(result: RunResult) -> bool:
+    """Whether the run measured, every epoch, how well the rule's scores separate the missing labels."""
+    return bool(result.epochs) and all(f"sep_{SCORES[0]}_auroc" in row for row in result.epochs)
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
@@ -72,7 +78,32 @@ def summarize(results: list[RunResult], worlds: list[BenchWorld], methods: list[
                                "min": float(min(per_world.values())),
                                "wins": sum(v > 0 for v in per_world.values()), "worlds": len(per_world)}
     return {"table": table, "margins_over_an": margins, "rule_share": _rule_share(results, worlds, methods),
-            "seeds_asked": len({r.seed for r in results})}
+            "separability": _separability(results, worlds, methods), "seeds_asked": len({r.seed for r in results})}
+
+
+def _separability(results: list[RunResult], worlds: list[BenchWorld], methods: list[str]) -> dict[str, Any]:
+    """Per method, world and epoch: each score's AUROC and precision at each recall, mean over the seeds
+    that measured it (NaN entries, a split without a missing label, left out)."""
+    measures = ["auroc"] + [f"p{recall:g}" for recall in RECALLS]
+    found: dict[str, Any] = {}
+    for method in methods:
+        per_world = {}
+        for spec in worlds:
+            runs = [r for r in results if r.world == spec.name and r.method == method and has_separability(r)]
+            if not runs:
+                continue
+            by_epoch = []
+            for epoch in range(spec.epochs):
+                entry = {}
+                for score in SCORES:
+                    values = {m: [r.epochs[epoch][f"sep_{score}_{m}"] for r in runs] for m in measures}
+                    entry[score] = {m: (float(np.nanmean(v)) if not np.all(np.isnan(v)) else None)
+                                    for m, v in values.items()}
+                by_epoch.append(entry)
+            per_world[spec.name] = by_epoch
+        if per_world:
+            found[method] = per_world
+    return found
 
 
 def _rule_share(results: list[RunResult], worlds: list[BenchWorld], methods: list[str]) -> dict[str, Any]:
@@ -127,6 +158,7 @@ def markdown_tables(summary: dict[str, Any], worlds: list[BenchWorld], methods: 
                 share = per_world[spec.name]
                 seeds = ", ".join(f"{value:+.2f}" for _, value in sorted(share["per_seed"].items()))
                 lines.append(f"| {spec.name} | {seeds} | {share['mean']:+.2f} |")
+    lines += _separability_tables(summary.get("separability", {}), worlds)
     for method in methods:
         if METHODS[method][0] != "calr":
             continue
@@ -143,6 +175,36 @@ def markdown_tables(summary: dict[str, Any], worlds: list[BenchWorld], methods: 
                      for e in entry["rejection"]]
             lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _separability_tables(separability: dict[str, Any], worlds: list[BenchWorld]) -> list[str]:
+    first = f"p{RECALLS[0]:g}"
+    lines: list[str] = []
+    for method, per_world in separability.items():
+        lines += ["", f"{method}: how well each score separates the training split's unannotated real labels "
+                  f"from its absent classes at the last epoch: AUROC / precision at recall "
+                  f"{' / '.join(f'{r:g}' for r in RECALLS)} (mean over seeds)", "",
+                  "| world | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
+        for spec in worlds:
+            if spec.name in per_world:
+                last = per_world[spec.name][-1]
+                lines.append(f"| {spec.name} | " + " | ".join(
+                    " / ".join("-" if last[score][m] is None else f"{last[score][m]:.2f}" for m in last[score])
+                    for score in SCORES) + " |")
+        epochs = max(len(v) for v in per_world.values())
+        lines += ["", f"{method}: the best score's precision at recall {RECALLS[0]:g} by epoch (the ceiling of a "
+                  "rule that thresholds one of them)", "",
+                  "| world | " + " | ".join(f"ep {e}" for e in range(1, epochs + 1)) + " |", "|---|" + "---|" * epochs]
+        for spec in worlds:
+            if spec.name not in per_world:
+                continue
+            cells = []
+            for entry in per_world[spec.name]:
+                known = {score: entry[score][first] for score in SCORES if entry[score][first] is not None}
+                best = max(known, key=known.get) if known else None
+                cells.append("-" if best is None else f"{known[best]:.2f} {best}")
+            lines.append(f"| {spec.name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_outputs(out: Path, results: list[RunResult], worlds: list[BenchWorld], methods: list[str],

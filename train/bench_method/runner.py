@@ -22,7 +22,8 @@ from spml.data import Split
 from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, strong_transform, weak_transform
 from spml.metrics import mean_average_precision
 from spml.runtime import DistInfo, atomic_write_text
-from train.bench_method.results import RunResult, markdown_tables, write_outputs
+from train.bench_method.results import RunResult, has_separability, markdown_tables, write_outputs
+from train.bench_method.separability import rule_scores, separation, split_logits
 from train.bench_method.worlds import (
     DEFAULT_METHODS,
     DEFAULT_SEEDS,
@@ -69,8 +70,11 @@ def _mean_average_precision(network: torch.nn.Module, dataset: InMemoryImages, b
     return mean_average_precision(scores, labels)
 
 
-def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int) -> RunResult:
-    """Train one method on one world with one seed; test the model of the best validation epoch."""
+def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separability: bool = False) -> RunResult:
+    """Train one method on one world with one seed; test the model of the best validation epoch.
+
+    ``separability``: after each epoch also measure how well the scores a rejection rule can read
+    separate the training split's unannotated real labels (:mod:`train.bench_method.separability`)."""
     from spml.model import create_model
 
     loss, options = METHODS[method]
@@ -96,6 +100,11 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int) -> RunRes
     start = time.perf_counter()
     best_val, best_epoch, best_state, epochs = -1.0, 0, None, []
     labels_per_image = expected_labels(config, train_split)
+    if separability:
+        evaluation_view = InMemoryImages(data.images["train"], data.labels["train"], data.observed, spec.image_size,
+                                         False, training=False)
+        train_images = torch.stack([evaluation_view[i]["image"] for i in range(len(evaluation_view))])
+        train_observed = torch.from_numpy(data.observed.astype(np.int64))
     for epoch in range(1, spec.epochs + 1):
         torch.manual_seed(seed * 1000 + epoch)
         generator.manual_seed(seed * 1000 + epoch)
@@ -107,6 +116,11 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int) -> RunRes
                **rejection_diagnostics(objective, stats, train_split, labels_per_image)}
         if hasattr(objective, "thresholds"):
             row["gap_threshold"] = objective.thresholds.gap_threshold
+        if separability:
+            logits = split_logits(network, train_images, train_observed, 64,
+                                  getattr(objective, "cam_threshold", 0.5), getattr(objective, "cam_norm", "image"))
+            row.update({f"sep_{key}": value for key, value in
+                        separation(rule_scores(*logits), data.labels["train"], data.observed).items()})
         epochs.append(row)
         if val_map > best_val:
             best_val, best_epoch, best_state = val_map, epoch, copy.deepcopy(network.state_dict())
@@ -126,11 +140,13 @@ def _load_done(path: Path) -> list[RunResult]:
 
 
 def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], out: Path,
-              threads: int = 1, progress: bool = True, train: bool = True) -> dict[str, Any]:
+              threads: int = 1, progress: bool = True, train: bool = True, separability: bool = False
+              ) -> dict[str, Any]:
     """Run every (world, seed, method) not already in ``out/runs.json``; write the tables.
 
     ``train=False`` only writes the tables of the runs already there (a sweep cut short, or the
-    ``runs.json`` lists of several processes joined into one)."""
+    ``runs.json`` lists of several processes joined into one). ``separability`` measures it in every
+    run (see :func:`run_one`); a run there that lacks it is run again."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -140,7 +156,7 @@ def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], ou
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.json"
     results = _load_done(runs_path)
-    done = {(r.world, r.method, r.seed) for r in results}
+    done = {(r.world, r.method, r.seed) for r in results if has_separability(r) or not separability}
     # Seed by seed: a sweep cut short still has every world with the seeds it finished.
     todo = [(spec, seed, method) for seed in seeds for spec in worlds for method in methods
             if train and (spec.name, method, seed) not in done]
@@ -152,8 +168,9 @@ def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], ou
         for spec, seed, method in todo:
             if cache is None or cache[0] != (spec.name, seed):
                 cache = ((spec.name, seed), render_world(spec, seed))
-            result = run_one(spec, cache[1], method, seed)
-            results.append(result)
+            result = run_one(spec, cache[1], method, seed, separability)
+            # A run measured again (for its separability) replaces its earlier entry once it is done.
+            results = [r for r in results if (r.world, r.method, r.seed) != (spec.name, method, seed)] + [result]
             atomic_write_text(runs_path, json.dumps([asdict(r) for r in results]) + "\n")
             bar.set_postfix(world=spec.name, method=method, seed=seed, test_map=f"{result.test_map:.2f}")
             bar.update(1)
@@ -170,6 +187,11 @@ def add_bench_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--out", default="runs/bench-method", help="folder for runs.json and the tables")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--separability", action="store_true",
+                        help="after each epoch also measure how well the scores a rejection rule can read "
+                             "(logit, gap, ...) separate the training split's unannotated real labels: AUROC "
+                             "and precision at recall 0.3 / 0.5, the ceiling of any rule thresholding them "
+                             "(three more passes over the training split an epoch)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the tables of the runs already in OUT/runs.json")
     parser.set_defaults(func=_run)
@@ -190,7 +212,8 @@ def _run(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in _names(args.seeds, ["0"] if args.quick else [str(s) for s in DEFAULT_SEEDS])]
     out = Path(args.out)
     start = time.perf_counter()
-    summary = run_sweep(worlds, methods, seeds, out, args.threads, train=not args.report_only)
+    summary = run_sweep(worlds, methods, seeds, out, args.threads, train=not args.report_only,
+                        separability=args.separability)
     for spec in worlds:
         print(f"{spec.name}: {spec.describe()}")
     print(markdown_tables(summary, worlds, methods))

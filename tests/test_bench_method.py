@@ -144,6 +144,7 @@ def test_separability_changes_no_run_and_is_measured_again_where_missing(tmp_pat
     assert set(summary["separability"]) == {"an", "calr-no-rejection"}
     table = (measured / "table.md").read_text()
     assert "the best score's precision at recall 0.3 by epoch" in table
+    assert "gap: |z - z^M|, the rule's gap" in table  # the scores are named in the table
     runs = (measured / "runs.json").read_text()
     assert main([*common, "--out", str(measured), "--separability"]) == 0  # all measured: nothing reruns
     assert (measured / "runs.json").read_text() == runs

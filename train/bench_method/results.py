@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from spml.runtime import atomic_write_text
-from train.bench_method.separability import RECALLS, SCORES
+from train.bench_method.separability import RECALLS, SCORE_MEANINGS, SCORES
 from train.bench_method.worlds import METHODS, NO_REJECTION, BenchWorld
 
 
@@ -191,6 +191,7 @@ def _separability_tables(separability: dict[str, Any], worlds: list[BenchWorld])
                 lines.append(f"| {spec.name} | " + " | ".join(
                     " / ".join("-" if last[score][m] is None else f"{last[score][m]:.2f}" for m in last[score])
                     for score in SCORES) + " |")
+        lines += ["", "; ".join(f"{score}: {SCORE_MEANINGS[score]}" for score in SCORES)]
         epochs = max(len(v) for v in per_world.values())
         lines += ["", f"{method}: the best score's precision at recall {RECALLS[0]:g} by epoch (the ceiling of a "
                   "rule that thresholds one of them)", "",

@@ -118,7 +118,8 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separabil
             row["gap_threshold"] = objective.thresholds.gap_threshold
         if separability:
             logits = split_logits(network, train_images, train_observed, 64,
-                                  getattr(objective, "cam_threshold", 0.5), getattr(objective, "cam_norm", "image"))
+                                  getattr(objective, "cam_threshold", config.cam_threshold),
+                                  getattr(objective, "cam_norm", config.cam_norm))
             row.update({f"sep_{key}": value for key, value in
                         separation(rule_scores(*logits), data.labels["train"], data.observed).items()})
         epochs.append(row)

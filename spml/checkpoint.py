@@ -89,13 +89,16 @@ def build_config(network: SPMLModel, classes: list[str], image_size: int, mean, 
     }
 
 
-def save_checkpoint(model: LoadedModel, directory: str | Path) -> Path:
+def save_checkpoint(model: LoadedModel, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` atomically (temporary files, then rename),
-    so a run killed while saving never leaves a half-written checkpoint."""
+    so a run killed while saving never leaves a half-written checkpoint. ``dtype`` (e.g. float16)
+    stores the floating-point tensors in that type; loading casts them back to the network's."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config()
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.network.state_dict().items()}
+    if dtype is not None:
+        tensors = {name: value.to(dtype) if value.is_floating_point() else value for name, value in tensors.items()}
     with atomic_path(directory / WEIGHTS_NAME) as weights_tmp:
         save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")

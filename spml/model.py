@@ -41,6 +41,8 @@ class SPMLModel(nn.Module):
 
     arch: str
     num_classes: int
+    # The input normalisation (mean, std) the pretrained weights expect; None: ImageNet's.
+    input_normalization: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
 
     def class_maps(self, output: ModelOutput, classes: Tensor | None = None, bias: bool = True) -> Tensor:
         """Raw class activation maps: (B, h, w) for ``classes`` (one class index per image), or

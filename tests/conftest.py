@@ -26,6 +26,10 @@ from spml.rejection import RunningThresholds
 from spml.runtime import free_local_port
 
 ROOT = Path(__file__).resolve().parents[1]
+# The real photos (one folder a class) beside the checkout: read at run time, never committed. CI has them.
+SHARED_PHOTOS = ROOT.parent / "shared" / "photos" / "train"
+needs_shared_photos = pytest.mark.skipif(not SHARED_PHOTOS.is_dir(),
+                                         reason=f"the real photos are not at {SHARED_PHOTOS} on this machine")
 # The app's tests import gradio; a machine without it (the stock GPU machine of scripts/gpu_check.sh)
 # runs everything else.
 collect_ignore = [] if importlib.util.find_spec("gradio") else ["test_app.py", "test_app_browser.py"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 import yaml
+from conftest import SHARED_PHOTOS, needs_shared_photos
 from PIL import Image
 
 from spml.__main__ import main as spml_main
@@ -97,6 +98,27 @@ def make_imagefolder(root: Path, labels=LABELS, kind: str = "jsonl") -> Path:
             writer.writerow(["file_name", "objects", "caption"])
             writer.writerows([row["file_name"], json.dumps(row["objects"]), row["caption"]] for row in rows)
     return root
+
+
+def make_class_folders(root: Path, names: list[str]) -> Path:
+    """A tiny PNG at each relative path in ``names`` (one folder a class: nothing but the folder labels it)."""
+    for name in names:
+        if name.endswith(".txt"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text("not an image\n")
+        else:
+            _image(root / name, [])
+    return root
+
+
+def _loaded_labels(dataset: Path) -> dict[str, dict[str, list[str]]]:
+    """split -> image (relative to the data set) -> class names, as load_dataset reads them."""
+    data = load_dataset(dataset)
+    return {name: {image.relative_to(data.root).as_posix(): [data.classes[i] for i in np.flatnonzero(row)]
+                   for image, row in zip(split.images, split.labels, strict=True)}
+            for name, split in data.splits.items()}
+
+
 
 
 MAKERS = {
@@ -245,6 +267,64 @@ def test_imagefolder_csv_metadata_and_in_place_images(tmp_path):
     assert load_dataset(root).split("train").images[0].is_file()
 
 
+def test_imagefolder_class_folders_one_split(tmp_path, capsys):
+    root = make_class_folders(tmp_path / "photos", [
+        "cat/1.png", "cat/2.PNG", "cat/deeper/3.jpg",  # any case of suffix; nested images belong to the class
+        "cat/notes.txt", "cat/.thumb.png", "cat/.cache/4.png",  # not an image, hidden file, hidden folder
+        "dog/1.png", ".hidden/1.png", "empty/readme.txt",  # a hidden folder, a folder without images
+        "loose.png",  # beside the class folders: no class, counted as unlabelled
+    ])
+    out = tmp_path / "out"
+    assert spml_main(["convert", "imagefolder", str(root), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == (f"imagefolder: wrote {out} (2 classes; train 4 images)\n"
+                                       "left out 1 images without any label\n")
+    assert (out / "classes.txt").read_text() == "cat\ndog\n"
+    assert (out / "train.csv").read_text() == ("image,labels\nimages/cat/1.png,cat\nimages/cat/2.PNG,cat\n"
+                                               "images/cat/deeper/3.jpg,cat\nimages/dog/1.png,dog\n")
+    # Round trip: no val.csv, so load_dataset splits train 80/20; every image keeps its folder's label.
+    loaded = _loaded_labels(out)
+    assert {image: labels for split in loaded.values() for image, labels in split.items()} == {
+        "images/cat/1.png": ["cat"], "images/cat/2.PNG": ["cat"], "images/cat/deeper/3.jpg": ["cat"],
+        "images/dog/1.png": ["dog"]}
+    with pytest.raises(ConvertError, match=r"--column names a metadata column, but there is no metadata.jsonl"):
+        convert("imagefolder", root, tmp_path / "out2", column="objects")
+
+
+@pytest.mark.parametrize("validation", ["validation", "val"])
+def test_imagefolder_class_folders_in_split_folders(tmp_path, validation):
+    root = make_class_folders(tmp_path / "photos", [
+        "train/cat/a.png", "train/dog/b.png", "train/dog/c.png", f"{validation}/cat/d.png",
+        "test/dog/e.png", "test/bird/f.png", ".git/objects/x.png"])  # a hidden folder is not a split
+    result = convert("imagefolder", root, tmp_path / "out")
+    assert result.classes == 3 and result.images == {"train": 3, "val": 1, "test": 2} and result.unlabelled == 0
+    assert (tmp_path / "out" / "classes.txt").read_text().splitlines() == ["bird", "cat", "dog"]
+    assert _loaded_labels(tmp_path / "out") == {
+        "train": {"images/train/cat/a.png": ["cat"], "images/train/dog/b.png": ["dog"],
+                  "images/train/dog/c.png": ["dog"]},
+        "val": {f"images/{validation}/cat/d.png": ["cat"]},
+        "test": {"images/test/bird/f.png": ["bird"], "images/test/dog/e.png": ["dog"]},
+    }
+
+
+def test_imagefolder_metadata_takes_precedence_over_class_folders(tmp_path):
+    root = make_imagefolder(tmp_path / "hf")  # its images lie in pictures/, which could pass for a class folder
+    result = convert("imagefolder", root, tmp_path / "out")
+    assert (tmp_path / "out" / "classes.txt").read_text().splitlines() == CLASSES
+    assert result.images == {"train": len(LABELS)}
+
+
+@needs_shared_photos
+def test_imagefolder_converts_the_real_photo_folder(tmp_path):
+    result = convert("imagefolder", SHARED_PHOTOS, tmp_path / "out")
+    folders = sorted(p.name for p in SHARED_PHOTOS.iterdir() if p.is_dir())
+    assert result.classes == len(folders) == 35 and result.images == {"train": 7342}
+    assert (tmp_path / "out" / "classes.txt").read_text().splitlines() == folders
+    rows = _rows(tmp_path / "out")
+    assert len(rows) == 7342
+    for row in rows:
+        assert row["labels"] == PurePosixPath(row["image"]).parts[1]  # images/<class>/<photo>
+
+
 # --- malformed input: exact messages, --skip-bad ------------------------------------------------------
 
 def test_coco_bad_annotation_names_file_entry_and_problem(tmp_path, capsys):
@@ -336,6 +416,32 @@ def test_imagefolder_bad_rows(tmp_path):
                                            r"\(found: objects, tags\); name it with --column$"):
         convert("imagefolder", root, tmp_path / "out")
     assert convert("imagefolder", root, tmp_path / "out2", column="tags").classes == 1
+
+
+def test_imagefolder_bad_class_folder_name(tmp_path, capsys):
+    root = make_class_folders(tmp_path / "photos", ["cat/1.png", "dog;puppy/2.png"])
+    message = (f"{root / 'dog;puppy'}, class folder: class name 'dog;puppy' cannot be stored "
+               "(contains ';' or a newline, or is padded)")
+    with pytest.raises(ConvertError) as error:
+        convert("imagefolder", root, tmp_path / "out")
+    assert str(error.value) == message
+    result = convert("imagefolder", root, tmp_path / "out", skip_bad=True)
+    assert result.skipped == [message] and result.classes == 1 and result.images == {"train": 1}
+    assert spml_main(["convert", "imagefolder", str(root), "--out", str(tmp_path / "out2"), "--skip-bad"]) == 0
+    assert f"skipped 1 bad entries:\n  {message}\n" in capsys.readouterr().out
+
+
+def test_imagefolder_without_metadata_or_class_folders(tmp_path, capsys):
+    root = make_class_folders(tmp_path / "nothing", ["loose.png", "notes/readme.txt", ".hidden/1.png"])
+    expected = (f"{root}: found neither metadata.jsonl or metadata.csv (in the folder or in train/) "
+                "nor class folders with images (<class>/<image>, or train/<class>/<image>)")
+    with pytest.raises(ConvertError) as error:
+        convert("imagefolder", root, tmp_path / "out")
+    assert str(error.value) == expected
+    (tmp_path / "empty").mkdir()
+    assert spml_main(["convert", "imagefolder", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"error: {expected.replace(str(root), str(tmp_path / 'empty'))}\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_class_name_the_format_cannot_hold_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""``python -m train {prepare,fit,evaluate,bench,bench-method,push}``: the training side of the project."""
+"""``python -m train {prepare,fit,evaluate,bench,bench-method,bench-photos,push}``: the training side of the project."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         return 0
     summary = fit(config)
     if config.export:
-        export_run(Path(config.out), Path(config.export))
+        export_run(Path(config.out), Path(config.export), half=config.export_half)
     print_line(json.dumps(summary))
     return 0
 
@@ -146,6 +146,14 @@ def _add_bench_method(subparsers: argparse._SubParsersAction) -> None:
     add_bench_method_arguments(parser)
 
 
+def _add_bench_photos(subparsers: argparse._SubParsersAction) -> None:
+    from train.bench_photos import add_bench_photos_arguments
+
+    parser = subparsers.add_parser("bench-photos", help="photos models' scene mAP and photo top-1 against a "
+                                   "logistic regression on ImageNet features (a benchmark)")
+    add_bench_photos_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(subparsers)
     _add_bench_cleanlab(subparsers)
     _add_bench_method(subparsers)
+    _add_bench_photos(subparsers)
     return parser
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     # Make the synthetic world at `data` first when it is missing: {seed, train, val, test, image_size}.
     synthetic: dict[str, Any] | None = None
     export: str | None = None  # copy the best checkpoint and summary here when training ends
+    export_half: bool = False  # store the exported weights in float16 (half the size; loads as float32)
     # Cross-fitting (train/folds.py): train without fold `fold` of the folds file.
     folds_file: str | None = None
     fold: int | None = None

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from spml.checkpoint import LoadedModel, save_checkpoint
 from spml.data import ImageDataset, Split, load_dataset, strong_transform, weak_transform
 from spml.data.dataset import SkipBrokenImages
-from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from spml.data.transforms import input_normalization
 from spml.losses import Objective, create_objective
 from spml.model import SPMLModel, create_model
 from spml.runtime import DistInfo, atomic_path, atomic_write_text, close_distributed, init_distributed, resolve_device
@@ -213,8 +213,9 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
     network = create_model(config.arch, num_classes, pretrained=config.pretrained, **config.arch_options).to(device)
     network = prepare_network(network, config, info, device)
     objective = build_objective(config, train_split).to(device)
-    train_set = ImageDataset(train_split, weak_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD),
-                             strong_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = input_normalization(network)
+    train_set = ImageDataset(train_split, weak_transform(config.image_size, mean, std),
+                             strong_transform(config.image_size, mean, std)
                              if objective.needs_strong_view else None)
     source = SkipBrokenImages(train_set) if config.skip_bad else train_set
     sampler = DistributedSampler(source, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -315,8 +316,9 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
 
 
 def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresholds, training: dict) -> LoadedModel:
-    return LoadedModel(network=network, classes=list(classes), image_size=config.image_size, mean=IMAGENET_MEAN,
-                       std=IMAGENET_STD, cam_norm=config.cam_norm, cam_threshold=config.cam_threshold,
+    mean, std = input_normalization(network)
+    return LoadedModel(network=network, classes=list(classes), image_size=config.image_size, mean=mean,
+                       std=std, cam_norm=config.cam_norm, cam_threshold=config.cam_threshold,
                        thresholds=thresholds, training=training)
 
 
@@ -346,11 +348,17 @@ def _finish(config: TrainConfig, test_split: Split | None, state: RunState, devi
     return summary
 
 
-def export_run(run: Path, destination: Path) -> None:
-    """Copy a finished run's best checkpoint, summary and metrics to ``destination``."""
+def export_run(run: Path, destination: Path, half: bool = False) -> None:
+    """Copy a finished run's best checkpoint, summary and metrics to ``destination``; ``half`` stores
+    the weights in float16."""
     destination.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "config.json"):
-        shutil.copy2(run / "best" / name, destination / name)
+    if half:
+        from spml.checkpoint import load_model
+
+        save_checkpoint(load_model(run / "best"), destination, dtype=torch.float16)
+    else:
+        for name in ("model.safetensors", "config.json"):
+            shutil.copy2(run / "best" / name, destination / name)
     for name in ("summary.json", "metrics.csv", "config.yaml"):
         if (run / name).is_file():
             shutil.copy2(run / name, destination / (name if name != "config.yaml" else "train_config.yaml"))

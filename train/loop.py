@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from spml.data import ImageDataset, Split, eval_transform
 from spml.data.dataset import BrokenImage, SkipBrokenImages, collate_skipping_broken
-from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from spml.data.transforms import input_normalization
 from spml.losses import CALR, Objective
 from spml.losses.base import StepResult
 from spml.metrics import mean_average_precision
@@ -178,7 +178,7 @@ def predict(network: nn.Module, loader: DataLoader, device: torch.device, amp: b
 def evaluate(network: nn.Module, split: Split, config: TrainConfig, device: torch.device,
              info: DistInfo = DistInfo()) -> float:
     """Clean-label mAP of ``network`` on ``split``; under DDP each rank scores a shard."""
-    dataset = ImageDataset(split, eval_transform(config.image_size, IMAGENET_MEAN, IMAGENET_STD))
+    dataset = ImageDataset(split, eval_transform(config.image_size, *input_normalization(network)))
     indices = list(range(info.rank, len(dataset), info.world_size))
     source = SkipBrokenImages(dataset) if config.skip_bad else dataset
     loader = DataLoader(Subset(source, indices), batch_size=config.eval_batch_size or config.batch_size,

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spml.data.protocol import protocol_split, sample_single_positive
+from spml.data.scenes import make_photo_scenes
 from spml.data.synthetic import make_synthetic_dataset
 from spml.data.writer import Row, check_writable, link_images, render_dataset, write_rendered
 
@@ -328,7 +329,7 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
         description="Write a data set in the generic format: a benchmark download split and given single "
         "positives by the protocol of Cole et al. (images are linked, not copied), or the synthetic world.",
     )
-    sources = parser.add_subparsers(dest="source", required=True, metavar="{voc,coco,nuswide,cub,synthetic}")
+    sources = parser.add_subparsers(dest="source", required=True, metavar="{voc,coco,nuswide,cub,synthetic,photos}")
     for name in BENCHMARKS:
         sub = sources.add_parser(name, help=f"{name}: split and draw single positives by the protocol")
         sub.add_argument("--root", type=Path, required=True, help="the folder the download unpacks into")
@@ -343,6 +344,18 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
                            help="partial labels: keep each true training label with probability P (default 0.5), "
                                 "at least one per image; the left-out ones go to DATASET/left_out.csv")
     _common(synthetic)
+    photos = sources.add_parser("photos", help="scenes of 1 to 4 photos of distinct classes from an image-folder set")
+    photos.add_argument("--photos", type=Path, required=True,
+                        help="an image-folder data set: one folder a class, one label a photo (../shared/photos/train)")
+    photos.add_argument("--seed", type=int, default=0, help="seed of the photo split and the scenes (default 0)")
+    photos.add_argument("--train", type=int, default=2400, help="training scenes (default 2400)")
+    photos.add_argument("--val", type=int, default=600, help="validation scenes (default 600)")
+    photos.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of each class's photos kept for validation scenes (default 0.2)")
+    photos.add_argument("--image-size", type=int, default=448, help="scene side in pixels (default 448)")
+    photos.add_argument("--mix", type=float, nargs=4, default=None, metavar=("P1", "P2", "P3", "P4"),
+                        help="shares of scenes with 1, 2, 3 and 4 photos (default 0.2 0.3 0.2 0.3)")
+    _common(photos)
     return parser
 
 
@@ -365,6 +378,13 @@ def run_prepare(args: argparse.Namespace) -> int:
             if args.partial is not None:
                 sizes += f", partial labels kept with p = {args.partial}"
             print(f"synthetic: wrote {out} ({sizes})", file=sys.stderr)
+        elif args.source == "photos":
+            options = {} if args.mix is None else {"mix": tuple(args.mix)}
+            out = make_photo_scenes(args.photos, args.out, seed=args.seed, train=args.train, val=args.val,
+                                    val_fraction=args.val_fraction, image_size=args.image_size,
+                                    overwrite=args.overwrite, progress=progress, **options)
+            print(f"photos: wrote {out} (scenes: train {args.train} / val {args.val}) and {out / 'photos'} "
+                  "(the plain photos, split the same way)", file=sys.stderr)
         else:
             prepare_benchmark(args.source, args.root, args.out, overwrite=args.overwrite, progress=progress)
     except (ValueError, FileExistsError) as error:  # bad layout, bad sizes, or a data set in the way

@@ -6,4 +6,4 @@ A new architecture is one module here whose builder carries ``@register_architec
 """
 
 # Imported for what they do on import: each module registers its architectures.
-from spml.architectures import compact, q2l, resnet  # noqa: F401
+from spml.architectures import compact, efficientnet, q2l, resnet  # noqa: F401

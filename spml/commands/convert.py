@@ -18,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("format", choices=FORMATS)
     parser.add_argument("source", type=Path, help="coco: the instances JSON (or its folder); voc: the folder with "
                         "Annotations/ and JPEGImages/; yolo: the folder with data.yaml; imagefolder: the folder "
-                        "with metadata.jsonl or metadata.csv (or with train/, validation/, test/ holding one)")
+                        "with metadata.jsonl or metadata.csv, or with one folder a class (<class>/<image>); either "
+                        "may sit in split folders train/, validation/, test/")
     parser.add_argument("--out", type=Path, required=True, help="the data set folder to write")
     parser.add_argument("--images", type=Path, help="coco, voc: the image folder (default: found beside the source)")
     parser.add_argument("--column", help="imagefolder: the metadata column holding the list of labels "

@@ -11,6 +11,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def input_normalization(network: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the inputs ``network`` expects: its ``input_normalization`` where its pretrained
+    weights ask for their own (EfficientNet-Lite's TensorFlow weights), else ImageNet's."""
+    own = getattr(network, "input_normalization", None)
+    return (tuple(own[0]), tuple(own[1])) if own is not None else (IMAGENET_MEAN, IMAGENET_STD)
+
+
 def _finish(mean: Sequence[float], std: Sequence[float]) -> list[Callable[[Any], Any]]:
     return [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
 

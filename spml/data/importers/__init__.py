@@ -1,4 +1,5 @@
-"""Importers: COCO, VOC, YOLO and Hugging Face imagefolder data sets into the generic format.
+"""Importers: COCO, VOC, YOLO and imagefolder data sets (Hugging Face metadata, or one folder a class)
+into the generic format.
 
 A converted data set has no ``positive`` column: every label its annotators gave is observed. Images
 are referenced where they lie (through a link when outside the data set folder), never copied.

@@ -1,0 +1,153 @@
+"""``python -m train bench-photos``: the photos models against the anchor any user would try first.
+
+On a data set made by ``train prepare photos`` (scenes in ``DATA``, the plain photos in ``DATA/photos``):
+
+- each checkpoint's scene mAP on the val scenes at every ``--sizes`` (the app may analyse at a larger
+  size than the model trained at: a scene of four photos at 448 px shows each photo at 224 px), and its
+  top-1 on the val photos (the argmax over classes, each photo having one label) at its own size;
+- the anchor: the ImageNet features of the same backbone (EfficientNet-Lite0, global average pooled,
+  1280 values), a scikit-learn logistic regression fitted on the single training photos, scored the same
+  way: top-1 on the val photos, scene mAP at every size from its per-class decision values and from its
+  softmax probabilities (both shown: the softmax shares one unit among a scene's objects);
+- each run's training figures from its ``metrics.csv`` (minutes, images/s, CALR's rejection precision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from spml.checkpoint import LoadedModel, load_model
+from spml.data import ImageDataset, Split, eval_transform, load_dataset
+from spml.data.transforms import input_normalization
+from spml.metrics import mean_average_precision
+from spml.model import SPMLModel, create_model
+from spml.runtime import atomic_write_text
+from train.loop import predict
+
+ANCHOR_C = (0.1, 1.0, 10.0)
+
+
+def _loader(split: Split, image_size: int, network: SPMLModel, batch_size: int, workers: int) -> DataLoader:
+    dataset = ImageDataset(split, eval_transform(image_size, *input_normalization(network)))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+@torch.inference_mode()
+def pooled_features(network: SPMLModel, loader: DataLoader, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """The backbone's globally average-pooled last feature map of every image, and the full labels."""
+    network.eval()
+    features, labels = [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        features.append(network(batch["image"]).features.mean(dim=(2, 3)).numpy())
+        labels.append(batch["labels"].numpy())
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Percent of images whose best-scored class is one of their labels."""
+    return float(100.0 * labels[np.arange(len(labels)), scores.argmax(axis=1)].mean())
+
+
+def checkpoint_figures(model: LoadedModel, scenes: Split, photos: Split, sizes: list[int], batch_size: int,
+                       workers: int) -> dict[str, Any]:
+    device = torch.device("cpu")
+    figures: dict[str, Any] = {"trained_at": model.image_size}
+    for size in sizes:
+        scores, labels = predict(model.network, _loader(scenes, size, model.network, batch_size, workers), device)
+        figures[f"scene_map_{size}"] = mean_average_precision(scores, labels)
+    scores, labels = predict(model.network, _loader(photos, model.image_size, model.network, batch_size, workers),
+                             device)
+    figures["photo_top1"] = top1(scores, labels)
+    return figures
+
+
+def anchor_figures(scenes: Split, photos_train: Split, photos_val: Split, sizes: list[int], batch_size: int,
+                   workers: int, feature_size: int = 224) -> dict[str, Any]:
+    """The logistic-regression anchor on ImageNet features; C chosen by val scene mAP (as the models are
+    chosen by val mAP) at ``feature_size``, the photos' own training size."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    network = create_model("efficientnet_lite0", photos_train.labels.shape[1], pretrained=True)
+    train_x, train_y = pooled_features(network, _loader(photos_train, feature_size, network, batch_size, workers),
+                                       "anchor: training photos")
+    val_x, val_y = pooled_features(network, _loader(photos_val, feature_size, network, batch_size, workers),
+                                   "anchor: val photos")
+    scene_x = {size: pooled_features(network, _loader(scenes, size, network, batch_size, workers),
+                                     f"anchor: val scenes at {size}") for size in sizes}
+    scaler = StandardScaler().fit(train_x)
+    targets = train_y.argmax(axis=1)
+    results = []
+    for c in ANCHOR_C:
+        classifier = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(train_x), targets)
+        row: dict[str, Any] = {"C": c, "photo_top1": top1(classifier.decision_function(scaler.transform(val_x)), val_y)}
+        for size, (x, y) in scene_x.items():
+            inputs = scaler.transform(x)
+            row[f"scene_map_{size}"] = mean_average_precision(classifier.decision_function(inputs), y)
+            row[f"scene_map_{size}_softmax"] = mean_average_precision(classifier.predict_proba(inputs), y)
+        results.append(row)
+    best = max(results, key=lambda row: row[f"scene_map_{feature_size}"])
+    return {"chosen": best, "grid": results, "feature_size": feature_size}
+
+
+def run_figures(run: Path) -> dict[str, Any]:
+    """Minutes, images/s and (CALR) the rule's rejection precision by epoch, from a run's metrics.csv."""
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return {}
+    rows = list(csv.DictReader(path.open()))
+    seconds = sum(float(row["seconds"]) for row in rows)
+    images_per_s = [float(row["images_per_s"]) for row in rows]
+    precision = [None if not row.get("rejection_precision") else float(row["rejection_precision"]) for row in rows]
+    return {"epochs": len(rows), "train_minutes": seconds / 60, "images_per_s": float(np.median(images_per_s)),
+            "val_map_by_epoch": [float(row["val_map"]) for row in rows], "rejection_precision_by_epoch": precision,
+            "rejected_by_epoch": [int(row["rejected"]) for row in rows if row.get("rejected")]}
+
+
+def add_bench_photos_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="data/photos", help="a data set made by `train prepare photos`")
+    parser.add_argument("--checkpoints", nargs="*", default=[],
+                        help="checkpoints to score (a run's best/ or an export)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448], help="input sizes for the scenes")
+    parser.add_argument("--no-anchor", action="store_true", help="skip the logistic-regression anchor")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-photos.json"))
+    parser.set_defaults(func=run_bench_photos)
+
+
+def run_bench_photos(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    scenes_set, photos_set = load_dataset(args.data), load_dataset(Path(args.data) / "photos")
+    scenes, photos_val = scenes_set.split("val"), photos_set.split("val")
+    result: dict[str, Any] = {"data": str(args.data), "val_scenes": len(scenes.images),
+                              "val_photos": len(photos_val.images), "sizes": args.sizes,
+                              "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                          "torch_threads": torch.get_num_threads()}, "checkpoints": {}}
+    for source in args.checkpoints:
+        model = load_model(source)
+        if model.classes != scenes_set.classes:
+            raise ValueError(f"{source}: its classes differ from those of {args.data}")
+        figures = checkpoint_figures(model, scenes, photos_val, args.sizes, args.batch_size, args.workers)
+        run = Path(source).parent if Path(source).name == "best" else Path(source)
+        result["checkpoints"][source] = {"loss": model.training.get("loss"), **figures, **run_figures(run)}
+        print(json.dumps({source: result["checkpoints"][source]}), flush=True)
+    if not args.no_anchor:
+        result["anchor"] = anchor_figures(scenes, photos_set.split("train"), photos_val, args.sizes,
+                                          args.batch_size, args.workers)
+        print(json.dumps({"anchor": result["anchor"]}), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0

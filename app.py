@@ -3,7 +3,8 @@ and spml.audit). Components are wired to callbacks by name: each callback return
 (spml.app.common.View) whose field names are the names of the components below.
 
 ``python app.py`` serves on 127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT as usual) with the
-embedded checkpoint, or the one named by SPML_CHECKPOINT (a directory or hf://OWNER/NAME[@REVISION]).
+embedded model of real photos (checkpoints/photos; checkpoints/demo, the synthetic world's, where it is
+missing), or the one named by SPML_CHECKPOINT (a directory or hf://OWNER/NAME[@REVISION]).
 Audits and their review decisions go to SPML_AUDIT_DIR (default: a folder in the system's temp dir).
 """
 
@@ -28,7 +29,7 @@ from spml.app.inspect import (
     LoadView,
 )
 from spml.app.outputs import OutputFiles
-from spml.app.registry import DEFAULT_CHECKPOINT, CheckpointRegistry
+from spml.app.registry import DEMO_CHECKPOINT, CheckpointRegistry, default_checkpoint
 from spml.app.workspace import AuditWorkspace
 from spml.cam import CAM_NORMS
 
@@ -55,7 +56,7 @@ def audit_dir() -> Path:
 
 
 def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.Blocks:
-    registry = CheckpointRegistry(checkpoint or os.environ.get("SPML_CHECKPOINT") or DEFAULT_CHECKPOINT,
+    registry = CheckpointRegistry(checkpoint or os.environ.get("SPML_CHECKPOINT") or default_checkpoint(HERE),
                                   base_dir=HERE)
     inspector = InspectController(registry, ExampleCache(Path(tempfile.gettempdir()) / "spml-examples"))
     workspace = AuditWorkspace(audits or audit_dir())
@@ -103,8 +104,10 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                         norm = gr.Radio([(NORM_LABELS[n], n) for n in CAM_NORMS], value=defaults["cam_norm"],
                                         label="CAM normalisation", elem_id="cam-norm")
                     run = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                    # The label names what the examples show, left to right (a gallery of thumbnails has no
+                    # captions; a table of them would push the results below the fold).
                     examples = gr.Dataset(components=["image"], samples=defaults["examples"], type="index",
-                                          label="Examples from the checkpoint's own world", elem_id="examples",
+                                          label=defaults["examples_label"], elem_id="examples",
                                           visible=bool(defaults["examples"]))
                 with gr.Column(scale=1):
                     labels = gr.Label(label="Predicted labels", num_top_classes=10, elem_id="labels")
@@ -141,6 +144,10 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                 start = gr.Button("Audit", variant="primary", elem_id="audit-run")
                 try_example = gr.Button("No data set at hand? Audit an example world in one click",
                                         elem_id="audit-example")
+            gr.Markdown("The example world is drawn on the spot from the synthetic world of coloured shapes, its "
+                        "missing labels known. A model of that world audits it: the selected checkpoint when it is "
+                        f"one, else `{DEMO_CHECKPOINT}` (with the model of real photos selected, say), and the summary "
+                        "says which.", elem_id="audit-example-info")
             audit_summary = gr.Markdown(elem_id="audit-summary")
             with gr.Group(elem_id="review"):
                 question = gr.Markdown("Run an audit to review its suspects.", elem_id="review-question")

@@ -82,6 +82,15 @@ def review_status(page, text: str) -> None:
     page.wait_for_timeout(300)  # the event settles: a key pressed while it is pending is ignored by design
 
 
+def audit_zip(page, archive: Path) -> None:
+    """The Audit tab's audit of the data set zip ``archive``, run and waiting for its first review decision."""
+    page.get_by_role("tab", name="Audit").click()
+    page.locator("#audit-zip input[type=file]").set_input_files(str(archive))
+    page.locator("#audit-zip").get_by_text(archive.name).wait_for()
+    page.locator("#audit-run").click()
+    review_status(page, "Decided 0")
+
+
 def open_example_audit(page) -> None:
     """The Audit tab's one-click example audit, run and waiting for its first review decision."""
     page.get_by_role("tab", name="Audit").click()

@@ -10,7 +10,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = ROOT.parent / "shared" / "photos" / "train"
 needs_shared_photos = pytest.mark.skipif(not SHARED_PHOTOS.is_dir(),
                                          reason=f"the real photos are not at {SHARED_PHOTOS} on this machine")
+# The app's default: the model of real photos, trained by `train fit --config train/configs/photos_calr.yaml`.
+PHOTOS_CHECKPOINT = ROOT / "checkpoints" / "photos"
+# A few classes of real things: a checkpoint whose world is not the synthetic one (the photos model's kind).
+PHOTO_CLASSES = ["airplane", "bird", "car", "cat", "chair", "church", "dog", "face", "motorbike", "tulip"]
 # The app's tests import gradio; a machine without it (the stock GPU machine of scripts/gpu_check.sh)
 # runs everything else.
-collect_ignore = [] if importlib.util.find_spec("gradio") else ["test_app.py", "test_app_browser.py"]
+collect_ignore = [] if importlib.util.find_spec("gradio") else ["test_app.py", "test_app_browser.py",
+                                                            "test_app_photos_browser.py"]
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -71,6 +76,27 @@ def make_app_checkpoint(directory: Path) -> Path:
 @pytest.fixture(scope="session")
 def app_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_app_checkpoint(tmp_path_factory.mktemp("app-checkpoint") / "fixture")
+
+
+@pytest.fixture(scope="session")
+def photo_classes_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The spread model under the names of real classes: the app's behaviour for a model of another world
+    than the synthetic one (examples, the example audit), without a trained model."""
+    training = {"dataset": "data/photos", "loss": "calr", "epochs": 1}
+    model = replace(make_spread_model(training=training), classes=list(PHOTO_CLASSES))
+    return save_checkpoint(model, tmp_path_factory.mktemp("photo-classes") / "fixture")
+
+
+@pytest.fixture(scope="session")
+def photos_checkpoint() -> Path:
+    """checkpoints/photos (committed; a test that needs it fails loudly if it is missing)."""
+    assert (PHOTOS_CHECKPOINT / "config.json").is_file(), f"{PHOTOS_CHECKPOINT} is missing"
+    return PHOTOS_CHECKPOINT
+
+
+def app_key(checkpoint: Path) -> str:
+    """A checkpoint as the app names its own: relative to the repository when it lies in it."""
+    return str(checkpoint.relative_to(ROOT)) if checkpoint.is_relative_to(ROOT) else str(checkpoint)
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:

@@ -8,14 +8,17 @@ import json
 import sys
 import types
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import PHOTO_CLASSES, app_key, served_app
 from PIL import Image
 
+from spml import analyze
 from spml.app import audit as app_audit
 from spml.app import common
 from spml.app import inspect as app_inspect
@@ -24,6 +27,7 @@ from spml.app.outputs import OutputFiles
 from spml.app.workspace import AuditWorkspace
 from spml.audit import suspect_evidence
 from spml.checkpoint import load_model
+from spml.data.sample_photos import load_photo
 from spml.data.synthetic import SYNTHETIC_CLASSES
 from spml.inference import fold_batchnorm, optimize_for_inference
 from spml.model import create_model
@@ -174,12 +178,56 @@ def test_bad_controls_are_refused_clearly(controller, app_inputs, arguments, mes
 def test_examples_are_rendered_and_analysed_lazily(controller):
     defaults = controller.checkpoint_defaults()
     assert len(defaults["examples"]) == 3 and all(Path(p).is_file() for [p] in defaults["examples"])
+    assert "own world" in defaults["examples_label"]
     path, first = controller.example(1, None)
     assert path == defaults["examples"][1][0] and "true labels" in first.summary
     _, again = controller.example(1, None)
     assert again is first, "the second click is served from the cache"
     with pytest.raises(gr.Error):
         controller.example(7, None)
+
+
+def test_examples_of_a_model_of_real_things_are_photographs_read_from_scikit_image(photo_classes_checkpoint,
+                                                                                     tmp_path):
+    registry = app_registry.CheckpointRegistry(str(photo_classes_checkpoint), base_dir=ROOT, device="cpu")
+    photos = app_inspect.InspectController(registry, app_inspect.ExampleCache(tmp_path / "examples"))
+    defaults = photos.checkpoint_defaults()
+    assert defaults["examples_label"] == ("Example photographs shipped with scikit-image, left to right: a cat "
+                                          "(chelsea); a face, the astronaut Eileen Collins (astronaut); a motorbike "
+                                          "(stereo_motorcycle, left view)")
+    assert [Path(path).name for [path] in defaults["examples"]] == ["chelsea.png", "astronaut.png",
+                                                                    "motorcycle_left.png"]
+    assert all(Path(path).is_relative_to(tmp_path / "examples") for [path] in defaults["examples"]), \
+        "written at run time where the app serves from, never into the repository"
+    path, view = photos.example(0, None)
+    assert Image.open(path).size == (451, 300) and "Example photograph: a cat (chelsea); it shows a `cat`" \
+        in view.summary
+    assert set(view.labels) == set(PHOTO_CLASSES)
+
+
+def test_default_checkpoint_is_the_photos_model_with_the_demo_in_the_selector(app_checkpoint, tmp_path):
+    def embed(name: str) -> None:
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        for file in ("config.json", "model.safetensors"):
+            (tmp_path / "checkpoints" / name / file).write_bytes((app_checkpoint / file).read_bytes())
+
+    embed("demo")
+    assert app_registry.default_checkpoint(tmp_path) == "checkpoints/demo", "a checkout without the photos model"
+    embed("photos")
+    default = app_registry.default_checkpoint(tmp_path)
+    assert default == app_registry.DEFAULT_CHECKPOINT == "checkpoints/photos"
+    registry = app_registry.CheckpointRegistry(default, base_dir=tmp_path, device="cpu")
+    assert registry.keys() == ["checkpoints/photos", "checkpoints/demo"], "both embedded models in the selector"
+
+
+def test_the_notice_on_the_demo_points_to_the_photos_model(calibrated_checkpoint):
+    model = load_model(calibrated_checkpoint)
+    result = analyze(model, np.full((64, 64, 3), 128, dtype=np.uint8))
+    assert result.in_distribution is False
+    notice = app_inspect.world_notice(result, model)
+    assert "pick `checkpoints/photos`" in notice and "hf://OWNER/NAME" in notice
+    other = replace(model, classes=list(PHOTO_CLASSES))
+    assert "images of another kind" in app_inspect.world_notice(result, other)
 
 
 def test_checkpoint_registry_lists_and_guards(app_checkpoint, tmp_path):
@@ -351,6 +399,29 @@ def test_api_concurrent_identical_requests_get_complete_files(app_url, app_input
     assert first[0].shape == (1600, 1600, 3)
 
 
+@pytest.fixture(scope="module")
+def photos_url(photos_checkpoint, tmp_path_factory):
+    """The app launched on the model of real photos, as it opens by default."""
+    with served_app(app_key(photos_checkpoint), tmp_path_factory.mktemp("photos-audits")) as url:
+        yield url
+
+
+def test_api_analyze_a_photo_of_a_cat_on_the_photos_model(photos_url, photos_checkpoint, tmp_path):
+    """scikit-image's chelsea through /analyze: the photos model's top label is `cat`, with its CAM, mask and
+    crop at the photo's size, and the photo is not taken for another world."""
+    from gradio_client import Client, handle_file
+
+    photo = tmp_path / "chelsea.png"
+    load_photo("chelsea").save(photo)
+    labels, overlay, masked, crop, table, summary, world, gallery = Client(photos_url, verbose=False).predict(
+        handle_file(str(photo)), api_name="/analyze")
+    assert labels["label"] == "cat", labels["confidences"][:3]
+    assert "`cat` (the top prediction" in summary and gallery[0]["caption"].startswith("cat ")
+    assert np.asarray(Image.open(overlay)).shape[:2] == np.asarray(Image.open(masked)).shape[:2] == (300, 451)
+    assert Path(crop).is_file() and len(table["data"]) == len(load_model(photos_checkpoint).classes) - 1
+    assert world == "", "a real photo under the model of real photos: no other-world notice"
+
+
 def test_output_files_are_unique_and_pruned(tmp_path):
     files = OutputFiles(tmp_path, max_age=0.0, prune_every=0.0)
     image = np.full((4, 6, 3), 200, dtype=np.uint8)
@@ -427,6 +498,26 @@ def test_example_audit_counts_the_missing_labels_its_first_suspects_found(audito
     assert run.summary["images"] == 64 and len(view.gallery) == 12
     assert auditor.example().audit_id == view.audit_id, "the example world is drawn and audited once"
     assert "Suspect 1 of" in auditor.review_open(view.audit_id).question
+
+
+@needs_demo
+def test_example_audit_with_a_model_of_real_things_is_the_demos_and_says_so(photo_classes_checkpoint, tmp_path):
+    registry = app_registry.CheckpointRegistry(str(photo_classes_checkpoint), base_dir=ROOT, device="cpu")
+    auditor = app_audit.AuditController(registry, AuditWorkspace(tmp_path / "audits"))
+    view = auditor.example()
+    assert view.audit_summary.startswith(f"**Audited with `checkpoints/demo`**, not the selected "
+                                         f"`{photo_classes_checkpoint}`")
+    run = auditor.workspace.open(view.audit_id)
+    assert run.meta["checkpoint"] == "checkpoints/demo" and run.summary["images"] == 64
+    assert "suspects found" in view.audit_summary
+    assert "Suspect 1 of" in auditor.review_open(view.audit_id).question, "the review reads the demo's evidence"
+
+
+def test_example_audit_without_a_model_of_the_synthetic_world_says_what_to_do(photo_classes_checkpoint, tmp_path):
+    registry = app_registry.CheckpointRegistry(str(photo_classes_checkpoint), base_dir=tmp_path, device="cpu")
+    auditor = app_audit.AuditController(registry, AuditWorkspace(tmp_path / "audits"))
+    with pytest.raises(gr.Error, match="Upload a zip of your own data set"):
+        auditor.example()
 
 
 def test_audit_reads_a_coco_zip_and_reviews_it(auditor, coco_zip):

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_app_checkpoint
+from conftest import SHARED_PHOTOS, make_app_checkpoint, needs_shared_photos
 from PIL import Image
 
 from spml import analyze, load_model
@@ -15,10 +15,12 @@ from spml.data.synthetic import make_synthetic_dataset, render_scene
 from spml.familiarity import (
     COLOUR_BINS,
     GRADIENT_BINS,
+    ROUGHNESS_LAG,
     ImageStatistics,
     calibrate_checkpoint,
     features,
     fit_statistics,
+    other_worlds,
 )
 
 
@@ -44,9 +46,10 @@ def test_descriptor_matches_the_floating_point_histograms():
     steps = np.concatenate([np.abs(np.diff(value, axis=1)).ravel(), np.abs(np.diff(value, axis=0)).ravel()])
     gradients, _ = np.histogram(steps, GRADIENT_BINS, range=(0, 0.5))
     expected = np.sqrt(np.concatenate([colours.ravel() / value.size, gradients / steps.size]))
-    descriptor, share = features(picture)
+    descriptor, measures = features(picture)
     np.testing.assert_allclose(descriptor, expected, rtol=0, atol=1e-15)
-    assert share == (hsv[..., 1] > 0.25).mean()
+    assert measures.saturated == (hsv[..., 1] > 0.25).mean()
+    assert measures.detail == (steps * 256 > 4).mean()
 
 
 def test_distance_is_the_mahalanobis_distance_of_the_shrunk_covariance():
@@ -70,28 +73,51 @@ def test_distance_is_the_mahalanobis_distance_of_the_shrunk_covariance():
 def test_saturated_share_by_hand():
     half = Image.new("RGB", (64, 64), (128, 128, 128))  # the thumbnail's own size: no resampling
     half.paste((255, 0, 0), (0, 0, 32, 64))
-    _, share = features(half)
-    assert share == 0.5  # red: saturation 255/256; grey: 0
+    measures = features(half)[1]
+    assert measures.saturated == 0.5  # red: saturation 255/256; grey: 0
+    # One column of steps (64 of the 2 x 63 x 64 neighbour pairs) from red's value 255 to grey's 128.
+    assert measures.detail == 64 / (2 * 63 * 64)
+    lag = ROUGHNESS_LAG
+    near, far = 127 * 64 / (2 * 63 * 64), 127 * 64 * lag / (64 * (64 - lag) + (64 - lag) * 64)
+    assert measures.roughness == pytest.approx((near + 1) / (far + 1))
+
+
+def test_roughness_tells_noise_from_a_photo_and_detail_a_blank_image():
+    rng = np.random.default_rng(0)
+    noise = features(Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)))[1]
+    y, x = np.mgrid[0:224, 0:224]
+    smooth = features(Image.fromarray(((np.sin(x / 9.0) + np.cos(y / 13.0) + 2) * 60).astype(np.uint8)))[1]
+    blank = features(Image.new("RGB", (224, 224), (128, 128, 128)))[1]
+    assert noise.roughness > 0.8 > 0.5 > smooth.roughness, "noise: each pixel unlike its neighbours"
+    assert blank.detail == 0.0 and noise.detail > 0.5
 
 
 def test_colour_floor_flags_what_the_distance_lets_through():
     rng = np.random.default_rng(0)
     descriptors = rng.normal(size=(100, 6))
     shares = np.linspace(0.02, 0.2, 100)
-    statistics = fit_statistics(descriptors, shares=shares)
+    measures = np.stack([shares, np.full(100, 0.5), np.full(100, 0.4)], axis=1)
+    statistics = fit_statistics(descriptors, measures=measures)
     # The 1% quantile of 100 evenly spaced shares lies 0.99 of a step above the smallest: 0.02 + 0.99 * 0.18 / 99.
     assert statistics.colour_floor == pytest.approx(0.5 * (0.02 + 0.0018))
     centre = descriptors.mean(axis=0)[None]  # distance 0, far under the threshold
-    assert statistics.familiar(centre, [0.05]).tolist() == [True]
-    assert statistics.familiar(centre, [0.0]).tolist() == [False]
-    assert statistics.familiar(centre + 100.0, [0.05]).tolist() == [False]
+    assert statistics.detail_floor == pytest.approx(0.25) and statistics.roughness_ceiling == pytest.approx(0.5)
+    assert statistics.familiar(centre, [[0.05, 0.5, 0.4]]).tolist() == [True]
+    assert statistics.familiar(centre, [[0.0, 0.5, 0.4]]).tolist() == [False]
+    assert statistics.familiar(centre + 100.0, [[0.05, 0.5, 0.4]]).tolist() == [False]
+    assert statistics.familiar(centre.repeat(2, axis=0), [[0.05, 0.1, 0.4], [0.05, 0.5, 0.9]]).tolist() == [False] * 2
     again = ImageStatistics.from_config(json.loads(json.dumps(statistics.to_config())))
-    assert again.colour_floor == statistics.colour_floor
-    # Statistics written before the colour test have no floor: the test is off for them.
+    assert (again.colour_floor, again.detail_floor, again.roughness_ceiling) == (
+        statistics.colour_floor, statistics.detail_floor, statistics.roughness_ceiling)
+    # Statistics written before a limit existed do not have it: the test is off for them.
     old = statistics.to_config()
-    del old["colour_floor"]
-    assert ImageStatistics.from_config(old).colour_floor == 0.0
-    assert fit_statistics(descriptors).colour_floor == 0.0
+    for key in ("colour_floor", "detail_floor", "roughness_ceiling"):
+        del old[key]
+    before = ImageStatistics.from_config(old)
+    assert before.familiar(centre, [[0.0, 0.0, 255.0]]).tolist() == [True]
+    plain = fit_statistics(descriptors)
+    assert (plain.colour_floor, plain.detail_floor, plain.roughness_ceiling) == (0.0, 0.0, float("inf"))
+    assert json.loads(json.dumps(plain.to_config()))["roughness_ceiling"] is None, "infinity is no JSON number"
 
 
 def test_calibrated_checkpoint_tells_a_photo_from_its_world(tmp_path):
@@ -119,6 +145,33 @@ def test_calibrated_checkpoint_tells_a_photo_from_its_world(tmp_path):
     assert analyze(reloaded, load_dataset(data).split("train").images[0]).in_distribution is True
 
 
+def test_calibration_takes_several_data_sets_together(tmp_path):
+    first = make_synthetic_dataset(tmp_path / "a", train=20, val=0, test=0, image_size=64, progress=False)
+    second = make_synthetic_dataset(tmp_path / "b", train=30, val=0, test=0, image_size=64, seed=1, progress=False)
+    checkpoint = make_app_checkpoint(tmp_path / "checkpoint")
+    statistics = calibrate_checkpoint(checkpoint, load_model(checkpoint), [first, second], "train", progress=False,
+                                      log=lambda _: None)
+    assert statistics.images == 16 + 24 and statistics.data == f"{first} + {second}"
+    assert load_model(checkpoint).familiarity["images"] == 40
+
+
+def test_blank_images_and_noise_are_another_world_for_a_calibrated_checkpoint(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "world", train=60, val=0, test=0, image_size=64, progress=False)
+    checkpoint = make_app_checkpoint(tmp_path / "checkpoint")
+    calibrate_checkpoint(checkpoint, load_model(checkpoint), data, "train", progress=False, log=lambda _: None)
+    model = load_model(checkpoint)
+    model.familiarity = {**model.familiarity, "threshold": 1e9}  # the limits alone
+    others = other_worlds(64, count=4)
+    for image in others["blank images"]:
+        result = analyze(model, image)
+        assert result.in_distribution is False, result.familiarity_reason
+    assert "almost flat" in analyze(model, others["blank images"][5]).familiarity_reason  # red: colour enough
+    for image in others["uniform noise"]:
+        result = analyze(model, image)
+        assert result.in_distribution is False, "grey noise may fail the colour floor first"
+    assert "vary like noise" in analyze(model, others["uniform noise"][0]).familiarity_reason  # in colour
+
+
 def test_several_positives_mask_the_union_of_their_regions(tmp_path):
     model = load_model(make_app_checkpoint(tmp_path / "checkpoint"))
     scene = render_scene(0, "test", 1, 128)[0]
@@ -132,3 +185,42 @@ def test_several_positives_mask_the_union_of_their_regions(tmp_path):
     assert both.class_maps.shape[0] == len(model.classes)
     with pytest.raises(ValueError, match="Unknown class 'unicorn'"):
         analyze(model, scene, "circle;unicorn")
+
+
+def test_calibrate_command_on_several_data_sets_counts_false_alarms_and_other_worlds(tmp_path, capsys):
+    from spml.__main__ import main
+
+    first = make_synthetic_dataset(tmp_path / "a", train=20, val=0, test=10, image_size=64, progress=False)
+    second = make_synthetic_dataset(tmp_path / "b", train=20, val=0, test=10, image_size=64, seed=1, progress=False)
+    checkpoint = make_app_checkpoint(tmp_path / "checkpoint")
+    assert main(["calibrate", str(checkpoint), "--data", str(first), "--data", str(second), "--check", "test",
+                 "--photos", "--others"]) == 0
+    printed = capsys.readouterr().out
+    assert "image statistics of 32 images of train" in printed
+    for name in (f"{first} test: ", f"{second} test: ", "photos: ", "synthetic scenes: ", "uniform noise: ",
+                 "blank images: 10 of 10 taken for another world"):
+        assert name in printed, name
+    assert load_model(checkpoint).familiarity["data"] == f"{first} + {second}"
+
+
+CALIBRATE_PHOTOS = ("python -m spml calibrate checkpoints/photos --data data/photos --data data/photos/photos "
+                    "--check val --photos --others")
+
+
+@needs_shared_photos
+def test_the_photos_model_spares_real_photos_and_flags_noise_and_blank_images(photos_checkpoint):
+    """The photos model's statistics, on every 20th photo of ../shared/photos (single photos, as people upload
+    them) and on images of no world of photos."""
+    from spml.familiarity import statistics_of
+
+    statistics = statistics_of(load_model(photos_checkpoint))
+    if statistics is None:
+        pytest.skip(f"{photos_checkpoint} holds no image statistics yet (the trainer writes them at the end)")
+    photos = sorted(SHARED_PHOTOS.rglob("*.jpg"))[::20]
+    flagged = [path.name for path in photos if not statistics.in_distribution(Image.open(path))[0]]
+    assert len(flagged) <= 0.005 * len(photos), (f"{len(flagged)} of {len(photos)} real photos taken for another "
+                                                f"world ({flagged[:5]}): calibrate on single photos too: "
+                                                f"{CALIBRATE_PHOTOS}")
+    others = other_worlds(224, count=10)
+    for kind in ("uniform noise", "blank images"):
+        assert not any(statistics.in_distribution(image)[0] for image in others[kind]), kind

@@ -1,9 +1,12 @@
-"""The README's and docs' screenshots: the app on the embedded checkpoint (checkpoints/demo), on images that
-mean something, driven in headless Chromium like any browser test.
+"""The README's and docs' screenshots: the app on its embedded checkpoints, on images that mean something, driven
+in headless Chromium like any browser test.
 
-- app-inspect.png: the first held-out test scene of the demo's world with three or more shapes, analysed;
-- app-other-world.png: a photo shipped by scikit-image (a cat), under the model of shapes: the notice;
-- app-review.png: the one-click example audit, under review.
+- app-inspect.png: the model of real photos (checkpoints/photos, the app's default) on scikit-image's photo of
+  the astronaut Eileen Collins, one of its examples: the labels, the positive's (face) CAM, the mask, the crop
+  and the labels the rule rejects (none on its cat photo: the astronaut shows the rule at work);
+- app-other-world.png: scikit-image's photo of a cat under the demo's model of shapes (checkpoints/demo): the
+  notice;
+- app-review.png: the one-click example audit on the demo, under review.
 
 `SPML_SCREENSHOTS=artifacts HF_HUB_OFFLINE=1 python -m pytest tests/test_screenshots.py` refreshes the committed
 pictures; without SPML_SCREENSHOTS they go to a temporary folder and the checkout stays as it was.
@@ -16,23 +19,13 @@ from pathlib import Path
 
 import pytest
 from browser import image_src, open_example_audit, open_page, require_chromium, review_status, screenshot, upload
-from conftest import served_app
+from conftest import app_key, served_app
 
-from spml.data.synthetic import render_scene
+from spml.data.sample_photos import load_photo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
-DEMO = "checkpoints/demo"  # as the app names its default: relative to app.py
-
-
-def first_busy_test_scene(minimum: int = 3) -> tuple[int, list[str]]:
-    """The index and labels of the demo world's first test scene with ``minimum`` shapes or more (seed 0, as
-    `train/configs/demo.yaml` draws its world): chosen by its content, not by what the model says of it."""
-    for index in range(600):
-        _, labels, objects = render_scene(0, "test", index, 128)
-        if len(objects) >= minimum:
-            return index, labels
-    raise AssertionError("no test scene with that many shapes")
+DEMO = "checkpoints/demo"  # the model of the synthetic world, as the app names it: relative to app.py
 
 
 @pytest.fixture(scope="module")
@@ -49,29 +42,26 @@ def demo_page(request: pytest.FixtureRequest) -> Iterator:
         yield page
 
 
-def test_inspect_a_held_out_scene_of_the_demo_world(demo_page, tmp_path: Path):
-    page = demo_page
-    assert "Loaded: checkpoints/demo" in page.locator("#checkpoint-info").inner_text()
-    index, labels = first_busy_test_scene()
-    scene, _, _ = render_scene(0, "test", index, 128)
-    scene.save(tmp_path / f"test-scene-{index}.png")
-    upload(page, tmp_path / f"test-scene-{index}.png")
-    page.locator("#analyse").click()
-    page.locator("#summary").get_by_text("Positive:").wait_for()
-    summary = page.locator("#summary").inner_text()
-    assert any(f"Positive: {name}" in summary for name in labels), "the top prediction is a shape in the scene"
-    for elem_id in ("cam", "masked", "crop"):
-        assert image_src(page, elem_id), f"no image in #{elem_id}"
-    screenshot(page, "app-inspect.png")
+# First in the module: playwright drives one browser at a time, and demo_page's stays open once opened.
+def test_inspect_a_photo_of_a_face_on_the_photos_model(photos_checkpoint, tmp_path_factory):
+    require_chromium()
+    key = app_key(photos_checkpoint)
+    with served_app(key, tmp_path_factory.mktemp("photos-audits")) as url, open_page(url) as page:
+        assert f"Loaded: {key}" in page.locator("#checkpoint-info").inner_text()
+        page.locator("#examples button").nth(1).click()  # scikit-image's astronaut, the second example
+        page.locator("#summary").get_by_text("Example photograph: a face").wait_for()
+        summary = page.locator("#summary").inner_text()
+        assert "Positive: face (the top prediction" in summary and "Rejected as likely false negatives" in summary
+        for elem_id in ("cam", "masked", "crop"):
+            assert image_src(page, elem_id), f"no image in #{elem_id}"
+        page.locator("#table thead").wait_for()
+        screenshot(page, "app-inspect.png")
 
 
 def test_a_real_photo_under_the_model_of_shapes_gets_the_notice(demo_page, tmp_path: Path):
-    skimage_data = pytest.importorskip("skimage.data")
-    from PIL import Image
-
     page = demo_page
     photo = tmp_path / "chelsea.png"
-    Image.fromarray(skimage_data.chelsea()).save(photo)
+    load_photo("chelsea").save(photo)
     upload(page, photo)
     page.locator("#analyse").click()
     page.locator("#world-notice").get_by_text("does not look like the images this model was trained on").wait_for()

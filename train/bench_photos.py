@@ -68,7 +68,21 @@ def checkpoint_figures(model: LoadedModel, scenes: Split, photos: Split, sizes: 
     scores, labels = predict(model.network, _loader(photos, model.image_size, model.network, batch_size, workers),
                              device)
     figures["photo_top1"] = top1(scores, labels)
+    figures["photo_errors"] = photo_errors(scores, labels, photos, model.classes)
     return figures
+
+
+def photo_errors(scores: np.ndarray, labels: np.ndarray, photos: Split, classes: list[str]) -> dict[str, Any]:
+    """The val photos whose top class is wrong: the most frequent (true, predicted) pairs and every error."""
+    predicted, truth = scores.argmax(axis=1), labels.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != truth)
+    pairs: dict[str, int] = {}
+    for i in wrong:
+        key = f"{classes[truth[i]]} -> {classes[predicted[i]]}"
+        pairs[key] = pairs.get(key, 0) + 1
+    return {"count": int(wrong.size), "pairs": dict(sorted(pairs.items(), key=lambda item: -item[1])),
+            "photos": [{"photo": str(photos.images[i]), "true": classes[truth[i]], "predicted": classes[predicted[i]],
+                        "probability": round(float(scores[i, predicted[i]]), 3)} for i in wrong]}
 
 
 def anchor_figures(scenes: Split, photos_train: Split, photos_val: Split, sizes: list[int], batch_size: int,
@@ -142,7 +156,8 @@ def run_bench_photos(args: argparse.Namespace) -> int:
         figures = checkpoint_figures(model, scenes, photos_val, args.sizes, args.batch_size, args.workers)
         run = Path(source).parent if Path(source).name == "best" else Path(source)
         result["checkpoints"][source] = {"loss": model.training.get("loss"), **figures, **run_figures(run)}
-        print(json.dumps({source: result["checkpoints"][source]}), flush=True)
+        print(json.dumps({source: {k: v for k, v in result["checkpoints"][source].items() if k != "photo_errors"}}),
+              flush=True)
     if not args.no_anchor:
         result["anchor"] = anchor_figures(scenes, photos_set.split("train"), photos_val, args.sizes,
                                           args.batch_size, args.workers)

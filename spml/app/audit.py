@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from spml.app.common import UserError, View, gpu
-from spml.app.registry import CheckpointRegistry, is_synthetic
+from spml.app.registry import DEMO_CHECKPOINT, CheckpointRegistry, is_synthetic
 from spml.app.workspace import AuditRun, AuditWorkspace
 from spml.audit import (
     ReviewError,
@@ -28,7 +28,7 @@ from spml.audit import (
     safe_extract_zip,
     suspect_evidence,
 )
-from spml.checkpoint import LoadedModel
+from spml.checkpoint import CheckpointError, LoadedModel
 from spml.data.generic import DatasetError, load_dataset
 from spml.data.images import ImageLoadError
 from spml.data.importers import ConvertError, convert_any
@@ -182,15 +182,30 @@ class AuditController:
         return self._audit(source, checkpoint or self.registry.configured, (split or "train").strip(),
                            max(1, int(top or 500)), max(0, min(int(gallery_size or 0), 48)), progress)
 
-    def example(self, checkpoint: str | None = None, progress: gr.Progress = gr.Progress()) -> AuditView:
-        """The one-click example: a small world of the checkpoint's own, made on the spot with its missing
-        labels known, audited; the summary ends with how many of them the first suspects found."""
-        key = checkpoint or self.registry.configured
-        model = self.registry.get(key)
-        if not is_synthetic(model):
-            raise UserError("This checkpoint's world cannot be drawn here: the example data set exists for models "
-                            "of the synthetic world (such as the demo). Upload a zip of your own data set instead.",
+    def _example_checkpoint(self, selected: str) -> tuple[str, LoadedModel, str]:
+        """The checkpoint that audits the example world (drawn from the synthetic one): the selected one when
+        it is a model of that world, else the demo; and a sentence saying so when it is not the selected one."""
+        model = self.registry.get(selected)
+        if is_synthetic(model):
+            return selected, model, ""
+        try:
+            demo = self.registry.get(DEMO_CHECKPOINT)
+        except (UserError, CheckpointError):
+            demo = None
+        if demo is None or not is_synthetic(demo):
+            raise UserError("The example world is the synthetic one (coloured shapes), and this server has no model "
+                            f"of it ({DEMO_CHECKPOINT}) to audit it with. Upload a zip of your own data set instead.",
                             title="No example for this checkpoint")
+        return DEMO_CHECKPOINT, demo, (f"**Audited with `{DEMO_CHECKPOINT}`**, not the selected `{selected}`: the "
+                                       "example world is the synthetic one of coloured shapes, which only a model of "
+                                       "that world knows. To audit with the selected model, upload a data set of "
+                                       "its classes.  \n")
+
+    def example(self, checkpoint: str | None = None, progress: gr.Progress = gr.Progress()) -> AuditView:
+        """The one-click example: a small synthetic world made on the spot with its missing labels known,
+        audited (by the selected checkpoint when it is a model of that world, else by the demo, and the summary
+        says so); the summary ends with how many of the missing labels the first suspects found."""
+        key, model, substitute = self._example_checkpoint(checkpoint or self.registry.configured)
         folder = self.workspace.directory / "examples" / f"synthetic-{model.image_size}"
         with self.workspace.lock(str(folder)):
             if not (folder / "train.csv").is_file():
@@ -207,7 +222,7 @@ class AuditController:
         note = (f"  \n**Example world:** {summary['images']} scenes drawn on the spot, each annotated with one "
                 f"of its shapes; {hidden} labels are missing. **The first {hidden} suspects found {found} of them** "
                 f"({100.0 * found / max(hidden, 1):.0f}%). Review them below: C confirms, D dismisses.")
-        return replace(view, audit_summary=view.audit_summary + note)
+        return replace(view, audit_summary=substitute + view.audit_summary + note)
 
     def _audit(self, source: Path, key: str, split: str, top: int, gallery_size: int,
                progress: gr.Progress) -> AuditView:

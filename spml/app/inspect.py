@@ -18,17 +18,24 @@ import torch
 from PIL import Image
 
 from spml.app.common import UserError, View, gpu
-from spml.app.registry import CheckpointRegistry, class_list, describe_checkpoint, is_synthetic
+from spml.app.registry import (
+    DEFAULT_CHECKPOINT,
+    CheckpointRegistry,
+    class_list,
+    describe_checkpoint,
+    is_synthetic,
+)
 from spml.cam import heatmap_overlay, upsample_maps
 from spml.checkpoint import CheckpointError, LoadedModel
 from spml.data.images import DOWNSCALED_KEY, MAX_SIDE, ImageLoadError, load_image
+from spml.data.sample_photos import EXAMPLE_PHOTOS, load_photo
 from spml.data.synthetic import render_scene
 from spml.inspect import AnalysisResult, analyze
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_SEED = 0  # the seed `train prepare synthetic` defaults to: examples are the demo's own test scenes
-EXAMPLE_COUNT = 8
+EXAMPLE_COUNT = 8  # at most, of either kind
 NORM_LABELS = {"image": "per image (paper)", "calr": "CALR code (batch-wise)", "ignore": "IGNORE code (batch-wise)"}
 TABLE_HEADERS = ["class", "probability", "logit", "masked logit", "gap", "T_gap", "A_c", "rejected"]
 GALLERY_SIZE = 8  # CAMs of the predicted labels shown at most ...
@@ -129,12 +136,15 @@ def world_notice(result: AnalysisResult, model: LoadedModel) -> str:
         return ""
     world = ("the synthetic world of coloured shapes" if is_synthetic(model)
              else f"the images of `{model.familiarity.get('data') or 'its training set'}`")
+    # A model of the synthetic world is shown a photo, most likely: point to the embedded model of photos.
+    advice = (f"To analyse photos, pick `{DEFAULT_CHECKPOINT}` (35 everyday classes) in the *Checkpoint* selector, "
+              "or load a checkpoint of your own classes" if is_synthetic(model)
+              else "To analyse images of another kind, load a checkpoint trained on them")
     return (f"**This image does not look like the images this model was trained on** ({world}): "
             f"{result.familiarity_reason}. It only knows "
             f"{len(model.classes)} classes ({class_list(model.classes, 12)}), so the labels and maps above say "
-            "little about this image. To analyse photos, load a checkpoint trained on real classes: type "
-            "`hf://OWNER/NAME` in the *Load a checkpoint* field at the top (or start the app with "
-            "`SPML_CHECKPOINT=hf://OWNER/NAME`).")
+            f"little about this image. {advice}: type `hf://OWNER/NAME` in the *Load a checkpoint* field at the "
+            "top (or start the app with `SPML_CHECKPOINT=hf://OWNER/NAME`).")
 
 
 def format_analysis(result: AnalysisResult, model: LoadedModel, notes: list[str] | None = None) -> AnalysisView:
@@ -184,34 +194,68 @@ def input_notes(path: str | Path | None, picture: Image.Image) -> list[str]:
 # ------------------------------------------------------------------------------------------- examples
 
 
+@dataclass(frozen=True)
+class Example:
+    """One example image of a checkpoint, written where the page can serve it."""
+
+    path: Path
+    caption: str  # what it shows
+    note: str  # the line the analysis's summary opens with
+
+
+def examples_label(model: LoadedModel, examples: list[Example]) -> str:
+    """The examples' heading: what they are, and for photographs what each shows, left to right."""
+    if is_synthetic(model):
+        return "Examples from the checkpoint's own world (test scenes it never saw)"
+    return "Example photographs shipped with scikit-image, left to right: " + "; ".join(
+        example.caption for example in examples)
+
+
 class ExampleCache:
-    """Example images of a checkpoint's own world, written on first request, and their analyses,
-    computed on first click and then served from memory (least recently used dropped first)."""
+    """Example images of a checkpoint, written on first request, and their analyses, computed on first click
+    and then served from memory (least recently used dropped first). A model of the synthetic world gets
+    scenes of its world; any other model scikit-image's photographs of a cat, a face and a motorbike, read from
+    the installed package at run time."""
 
     def __init__(self, directory: Path, count: int = EXAMPLE_COUNT, max_views: int = 128):
         self.directory = Path(directory)
         self.count = count
         self.max_views = max_views
-        self._images: dict[str, list[tuple[Path, str]]] = {}
+        self._images: dict[str, list[Example]] = {}
         self._views: OrderedDict[tuple, AnalysisView] = OrderedDict()
         self._lock = threading.Lock()
 
-    def images(self, key: str, model: LoadedModel) -> list[tuple[Path, str]]:
-        """(file, caption) pairs; none for a checkpoint whose world this app cannot draw from."""
+    def images(self, key: str, model: LoadedModel) -> list[Example]:
+        """The checkpoint's examples; none where they cannot be made (scikit-image missing)."""
         with self._lock:
             if key not in self._images:
-                self._images[key] = self._render(key, model) if is_synthetic(model) else []
+                folder = self.directory / hashlib.sha1(f"{key}|{model.image_size}".encode()).hexdigest()[:16]
+                folder.mkdir(parents=True, exist_ok=True)
+                self._images[key] = self._render(folder, model) if is_synthetic(model) else self._photos(folder)
             return self._images[key]
 
-    def _render(self, key: str, model: LoadedModel) -> list[tuple[Path, str]]:
-        folder = self.directory / hashlib.sha1(f"{key}|{model.image_size}".encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
+    def _render(self, folder: Path, model: LoadedModel) -> list[Example]:
         examples = []
         for index in range(self.count):
             image, labels, _ = render_scene(EXAMPLE_SEED, "test", index, model.image_size)
             path = folder / f"scene-{index:02d}.png"
             image.save(path)
-            examples.append((path, ", ".join(labels)))
+            shows = ", ".join(labels)
+            examples.append(Example(path, shows, f"Example scene; its true labels: {shows}."))
+        return examples
+
+    def _photos(self, folder: Path) -> list[Example]:
+        examples = []
+        for photo in EXAMPLE_PHOTOS[: self.count]:
+            path = folder / f"{photo.name}.png"
+            try:
+                if not path.is_file():
+                    load_photo(photo.name).save(path)
+            except (ImportError, OSError) as error:  # examples are a courtesy: the page works without them
+                log.warning("no example photo %s: %s", photo.name, error)
+                continue
+            examples.append(Example(path, photo.caption, f"Example photograph: {photo.caption}; it shows a "
+                                                         f"`{photo.label}`."))
         return examples
 
     def view(self, cache_key: tuple, compute: Callable[[], AnalysisView]) -> AnalysisView:
@@ -339,12 +383,11 @@ class InspectController:
         images = self.examples.images(key, model)
         if not 0 <= int(index) < len(images):
             raise UserError(f"No example {index}.", title="No such example")
-        path, caption = images[int(index)]
-        notes = [f"Example scene; its true labels: {caption}."]
+        chosen = images[int(index)]
         cache_key = (key, int(index), (positive or "").strip(), cam_threshold, cam_norm)
-        view = self.examples.view(cache_key, lambda: self._view(model, str(path), path.name, positive,
-                                                                 cam_threshold, cam_norm, notes))
-        return str(path), view
+        view = self.examples.view(cache_key, lambda: self._view(model, str(chosen.path), chosen.path.name, positive,
+                                                                 cam_threshold, cam_norm, [chosen.note]))
+        return str(chosen.path), view
 
     def checkpoint_defaults(self, key: str | None = None) -> dict[str, Any]:
         """What the page shows for a checkpoint: description, class choices, CAM defaults, examples."""
@@ -357,7 +400,8 @@ class InspectController:
             "classes": [("top prediction", "")] + [(name, name) for name in model.classes],
             "cam_threshold": model.cam_threshold,
             "cam_norm": model.cam_norm,
-            "examples": [[str(path)] for path, _ in examples],
+            "examples": [[str(example.path)] for example in examples],
+            "examples_label": examples_label(model, examples),
         }
 
     def select_checkpoint(self, key: str) -> CheckpointView:
@@ -369,6 +413,7 @@ class InspectController:
             positive=gr.Dropdown(choices=defaults["classes"], value=""),
             threshold=gr.Slider(value=defaults["cam_threshold"]),
             norm=gr.Radio(value=defaults["cam_norm"]),
-            examples=gr.Dataset(samples=defaults["examples"], visible=bool(defaults["examples"])),
+            examples=gr.Dataset(samples=defaults["examples"], label=defaults["examples_label"],
+                                visible=bool(defaults["examples"])),
         )
 

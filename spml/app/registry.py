@@ -24,7 +24,13 @@ from spml.data.synthetic import SYNTHETIC_CLASSES
 from spml.inference import optimize_for_inference
 from spml.model import ARCHITECTURES
 
-DEFAULT_CHECKPOINT = "checkpoints/demo"
+DEFAULT_CHECKPOINT = "checkpoints/photos"  # the app opens on the model of real photos ...
+DEMO_CHECKPOINT = "checkpoints/demo"  # ... the model of the synthetic world stays a choice in the selector
+
+
+def default_checkpoint(base_dir: Path) -> str:
+    """DEFAULT_CHECKPOINT, or the demo where a checkout does not hold it (yet): the app always starts."""
+    return DEFAULT_CHECKPOINT if (Path(base_dir) / DEFAULT_CHECKPOINT / CONFIG_NAME).is_file() else DEMO_CHECKPOINT
 
 
 class CheckpointRegistry:

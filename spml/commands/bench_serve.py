@@ -46,8 +46,8 @@ def photos(folder: Path) -> list[Path]:
     """Real photos when scikit-image is installed, at their own size and enlarged 4x; synthetic scenes else."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        from skimage import data
-        images = [Image.fromarray(getattr(data, name)()) for name in ("astronaut", "coffee", "chelsea", "rocket")]
+        from spml.data.sample_photos import load_photo
+        images = [load_photo(name) for name in ("astronaut", "coffee", "chelsea", "rocket")]
     except ImportError:
         from spml.data.synthetic import render_scene
         images = [render_scene(0, "test", index, 256)[0] for index in range(4)]

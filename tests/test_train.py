@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from spml import load_model
@@ -20,7 +21,7 @@ from spml.data import make_synthetic_dataset
 from spml.losses import LOSS_NAMES
 from train.__main__ import main as train_main
 from train.config import TrainConfig, load_config
-from train.engine import fit
+from train.engine import export_run, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,30 @@ def test_resume_with_other_settings_is_refused(tiny_world, tmp_path):
     (tmp_path / "run" / "summary.json").unlink()
     with pytest.raises(ValueError, match="lr"):
         fit(tiny_config(tiny_world, tmp_path / "run", "an", epochs=1, lr=5e-4))
+
+
+def test_fp16_export_and_calibration_over_an_extra_data_set(tiny_world, tmp_path):
+    extra = make_synthetic_dataset(tmp_path / "extra", seed=4, train=6, val=2, image_size=32, progress=False)
+    config = tiny_config(tiny_world, tmp_path / "run", "an", epochs=1, calibration_data=[str(extra)])
+    fit(config)
+    best = load_model(tmp_path / "run" / "best")
+    # The statistics name both sources and count both train splits: 24 + 6 images.
+    assert best.familiarity["data"] == f"{tiny_world} + {extra}" and best.familiarity["images"] == 30
+    export_run(tmp_path / "run", tmp_path / "export", half=True)
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert {tensor.dtype for tensor in exported.values() if tensor.is_floating_point()} == {torch.float16}
+    half = load_model(tmp_path / "export")
+    assert half.familiarity == best.familiarity and half.network.head.weight.dtype == torch.float32
+    assert torch.equal(half.network.head.weight, best.network.head.weight.half().float())
+
+
+def test_a_run_started_before_an_option_existed_resumes(tiny_world, tmp_path):
+    fit(tiny_config(tiny_world, tmp_path / "run", "an", epochs=1))
+    saved = tmp_path / "run" / "config.yaml"
+    saved.write_text("\n".join(line for line in saved.read_text().splitlines()
+                               if not line.startswith("calibration_data")) + "\n")
+    (tmp_path / "run" / "summary.json").unlink()
+    assert fit(tiny_config(tiny_world, tmp_path / "run", "an", epochs=1))["epochs"] == 1
 
 
 def _fit_command(data: Path, out: Path, epochs: int) -> list[str]:

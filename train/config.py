@@ -54,6 +54,9 @@ class TrainConfig:
     synthetic: dict[str, Any] | None = None
     export: str | None = None  # copy the best checkpoint and summary here when training ends
     export_half: bool = False  # store the exported weights in float16 (half the size; loads as float32)
+    # More data sets whose train split joins `data`'s in the other-world statistics written at the end
+    # (the photos model: the single photos beside the scenes, so that neither is taken for another world).
+    calibration_data: list[str] = field(default_factory=list)
     # Cross-fitting (train/folds.py): train without fold `fold` of the folds file.
     folds_file: str | None = None
     fold: int | None = None

@@ -160,8 +160,10 @@ def _check_same_run(run: Path, config: TrainConfig) -> None:
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
     current = config.to_dict()
+    # An option added since the run started counts as its default there.
+    defaults = TrainConfig(data="-", out="-").to_dict()
     differences = sorted(key for key in current if key not in _RESUMABLE_DIFFERENCES
-                         and saved.get(key) != current[key])
+                         and saved.get(key, defaults[key]) != current[key])
     if differences:
         detail = ", ".join(f"{key}: {saved.get(key)!r} -> {current[key]!r}" for key in differences)
         raise ValueError(f"{run} holds a run with other settings ({detail}); resume it with the same "
@@ -340,7 +342,8 @@ def _finish(config: TrainConfig, test_split: Split | None, state: RunState, devi
         best.training.update({"test_map": test_map})
         save_checkpoint(best, run / "best")
         # The training images' feature statistics: the app tells images of another world by them.
-        calibrate_checkpoint(run / "best", best, config.data, "train", progress=False, log=log.info)
+        calibrate_checkpoint(run / "best", best, [config.data, *config.calibration_data], "train", progress=False,
+                             log=log.info)
         atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
         log.info("done: best val mAP %.2f at epoch %d, test mAP %s", state.best_val_map, state.best_epoch,
                  "n/a" if test_map is None else f"{test_map:.2f}")

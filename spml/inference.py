@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class _Tracer(torch.fx.Tracer):
-    """Keeps every BatchNorm-like module (also torchvision's FrozenBatchNorm2d) a leaf of the graph."""
+    """Keeps every BatchNorm-like module (also torchvision's FrozenBatchNorm2d and timm's BatchNormAct2d) a
+    leaf of the graph, and timm's Conv2dSame, whose padding is computed from the input's size in Python."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return "BatchNorm" in type(module).__name__ or super().is_leaf_module(module, qualified_name)
+        name = type(module).__name__
+        return "BatchNorm" in name or name == "Conv2dSame" or super().is_leaf_module(module, qualified_name)
 
 
 def _is_foldable_norm(module: nn.Module) -> bool:
@@ -48,10 +50,18 @@ def _fold(conv: nn.Conv2d, norm: nn.Module) -> None:
     conv.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype=dtype, device=device))
 
 
+def _after_norm(norm: nn.Module) -> nn.Module:
+    """What is left of a folded BatchNorm: nothing, or the dropout and activation that timm's BatchNormAct2d
+    applies after normalising."""
+    rest = [getattr(norm, name) for name in ("drop", "act") if isinstance(getattr(norm, name, None), nn.Module)]
+    return nn.Sequential(*rest) if rest else nn.Identity()
+
+
 def fold_batchnorm(module: nn.Module) -> int:
     """Fold, in place, each BatchNorm whose only input is a convolution used by nothing else; returns
     how many were folded. The pairs come from a symbolic trace, so the module's own forward (and its
-    structure) stays as it is: a folded BatchNorm is replaced by ``nn.Identity``. A module that the
+    structure) stays as it is: a folded BatchNorm is replaced by ``nn.Identity`` (or by the activation a
+    BatchNorm-with-activation applies after it). A module that the
     trace cannot follow (data-dependent control flow) is left as it is, with a warning."""
     try:
         graph = _Tracer().trace(module)
@@ -73,9 +83,10 @@ def fold_batchnorm(module: nn.Module) -> int:
         conv = modules[source.target]
         if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
             continue
-        _fold(conv, modules[node.target])
+        norm = modules[node.target]
+        _fold(conv, norm)
         parent_name, _, child_name = node.target.rpartition(".")
-        setattr(modules[parent_name] if parent_name else module, child_name, nn.Identity())
+        setattr(modules[parent_name] if parent_name else module, child_name, _after_norm(norm))
         folded += 1
     return folded
 

@@ -4,7 +4,8 @@ On a data set made by ``train prepare photos`` (scenes in ``DATA``, the plain ph
 
 - each checkpoint's scene mAP on the val scenes at every ``--sizes`` (the app may analyse at a larger
   size than the model trained at: a scene of four photos at 448 px shows each photo at 224 px), and its
-  top-1 on the val photos (the argmax over classes, each photo having one label) at its own size;
+  top-1 on the val photos (the argmax over classes, each photo having one label) at its own size, the photo
+  squeezed to a square as the app sees it, and fitted whole on grey (letterboxed) as in a scene of one photo;
 - the anchor: the ImageNet features of the same backbone (EfficientNet-Lite0, global average pooled,
   1280 values), a scikit-learn logistic regression fitted on the single training photos, scored the same
   way: top-1 on the val photos, scene mAP at every size from its per-class decision values and from its
@@ -24,10 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torchvision import transforms as T
 from tqdm import tqdm
 
 from spml.checkpoint import LoadedModel, load_model
 from spml.data import ImageDataset, Split, eval_transform, load_dataset
+from spml.data.scenes import compose_scene
 from spml.data.transforms import input_normalization
 from spml.metrics import mean_average_precision
 from spml.model import SPMLModel, create_model
@@ -37,8 +40,14 @@ from train.loop import predict
 ANCHOR_C = (0.1, 1.0, 10.0)
 
 
-def _loader(split: Split, image_size: int, network: SPMLModel, batch_size: int, workers: int) -> DataLoader:
-    dataset = ImageDataset(split, eval_transform(image_size, *input_normalization(network)))
+def _loader(split: Split, image_size: int, network: SPMLModel, batch_size: int, workers: int,
+            letterbox: bool = False) -> DataLoader:
+    """The evaluation view: each image squeezed to a square (as the app sees it), or with ``letterbox`` fitted
+    whole on grey as a scene of one photo is (aspect kept)."""
+    transform = eval_transform(image_size, *input_normalization(network))
+    if letterbox:
+        transform = T.Compose([lambda image: compose_scene([image], image_size), transform])
+    dataset = ImageDataset(split, transform)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
@@ -69,6 +78,9 @@ def checkpoint_figures(model: LoadedModel, scenes: Split, photos: Split, sizes: 
                              device)
     figures["photo_top1"] = top1(scores, labels)
     figures["photo_errors"] = photo_errors(scores, labels, photos, model.classes)
+    scores, labels = predict(model.network, _loader(photos, model.image_size, model.network, batch_size, 0,
+                                                    letterbox=True), device)
+    figures["photo_top1_letterboxed"] = top1(scores, labels)
     return figures
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -262,21 +262,27 @@ def statistics_of(model: LoadedModel) -> ImageStatistics | None:
     return parsed[1]
 
 
+def describe(pictures: Iterable[Image.Image], what: str = "the images") -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) descriptors and (N, 3) measures of ``pictures``; a ValueError naming ``what`` when there are none."""
+    described = [features(picture) for picture in pictures]
+    if not described:
+        raise ValueError(f"no readable image in {what}")
+    return np.stack([descriptor for descriptor, _ in described]), np.array([m for _, m in described], dtype=np.float64)
+
+
 def split_features(data: str | Path, split: str, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) descriptors and (N, 3) measures of every readable image of ``split`` of the data set at
     ``data``; an image that cannot be decoded is left out, as training's broken-batch handling leaves it out."""
-    descriptors, measures = [], []
-    for path in tqdm(load_dataset(data, skip_bad=True).split(split).images, desc=f"describing {split}",
-                     unit="image", disable=not progress):
-        try:
-            descriptor, measured = features(load_image(path))
-        except ImageLoadError:
-            continue
-        descriptors.append(descriptor)
-        measures.append(measured)
-    if not descriptors:
-        raise ValueError(f"no readable image in split {split!r} of {data}")
-    return np.stack(descriptors), np.array(measures, dtype=np.float64)
+
+    def readable() -> Iterator[Image.Image]:
+        for path in tqdm(load_dataset(data, skip_bad=True).split(split).images, desc=f"describing {split}",
+                         unit="image", disable=not progress):
+            try:
+                yield load_image(path)
+            except ImageLoadError:
+                continue
+
+    return describe(readable(), f"split {split!r} of {data}")
 
 
 def calibrate_checkpoint(checkpoint: str | Path, model: LoadedModel, data: str | Path | Sequence[str | Path],

@@ -13,7 +13,7 @@ import numpy as np
 from spml.checkpoint import CheckpointError, load_model
 from spml.data.generic import DatasetError
 from spml.data.sample_photos import sample_photos
-from spml.familiarity import ImageStatistics, calibrate_checkpoint, features, other_worlds, split_features
+from spml.familiarity import ImageStatistics, calibrate_checkpoint, describe, other_worlds, split_features
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,12 +45,6 @@ def flagged_line(name: str, statistics: ImageStatistics, descriptors: np.ndarray
             + f"; largest distance {distances.max():.3f}, threshold {statistics.threshold:.3f})")
 
 
-def images_line(name: str, statistics: ImageStatistics, images: list) -> str:
-    described = [features(image) for image in images]
-    return flagged_line(name, statistics, np.stack([descriptor for descriptor, _ in described]),
-                        np.array([measures for _, measures in described], dtype=np.float64))
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.checkpoint)
@@ -70,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: {verdicts[name][2]}")
     if args.others:
         for name, images in other_worlds(model.image_size).items():
-            print(images_line(name, statistics, images))
+            print(flagged_line(name, statistics, *describe(images)))
     return 0

@@ -36,6 +36,18 @@ def rejection_mask(
     return unknown & (gap > gap_threshold) & (logits > class_average.to(logits.device))
 
 
+def placebo_mask(flagged: Tensor, observed: Tensor, generator: torch.Generator) -> Tensor:
+    """Boolean (B, C): in each image as many unknown entries as ``flagged`` rejects there, drawn at random.
+
+    The control of the rule's share: it drops as much of the loss as the rule does, but not the entries
+    the rule chose. ``generator`` (a CPU generator) is its own random stream, so the training's is untouched."""
+    unknown = observed == 0
+    scores = torch.rand(observed.shape, generator=generator).to(observed.device)
+    scores = torch.where(unknown, scores, torch.full_like(scores, -1.0))  # unknown entries first
+    rank = scores.argsort(dim=1, descending=True).argsort(dim=1)
+    return unknown & (rank < flagged.sum(dim=1, keepdim=True))
+
+
 def probe_columns(observed: Tensor, turn: int) -> Tensor:
     """(B,) the annotated positive each image hides from the rule as its probe, -1 where an image has
     fewer than two: its ``turn mod count``-th positive in class order, so that every positive takes its

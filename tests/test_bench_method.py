@@ -148,3 +148,57 @@ def test_separability_changes_no_run_and_is_measured_again_where_missing(tmp_pat
     runs = (measured / "runs.json").read_text()
     assert main([*common, "--out", str(measured), "--separability"]) == 0  # all measured: nothing reruns
     assert (measured / "runs.json").read_text() == runs
+
+
+def _photo_folder(root, classes=5, photos=6):
+    """An image folder of plain-coloured photos of several sizes: one folder a class."""
+    from PIL import Image
+
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(photos):
+            colour = (40 * c, 20 * i, 255 - 40 * c)
+            Image.new("RGB", (30 + 7 * i, 40 - 3 * i), colour).save(root / f"class{c}" / f"p{i}.png")
+    return root
+
+
+def test_photo_world_splits_by_photo_and_labels_each_scene_by_its_photos(tmp_path):
+    from train.bench_method.worlds import PHOTO_WORLDS, PhotoScenes, render_world
+
+    photos = _photo_folder(tmp_path / "photos")
+    spec = BenchWorld("tiny-photos", PhotoScenes(mix=(0.0, 0.3, 0.2, 0.5)), 24, 8, 12, batch_size=8, image_size=32)
+    data = render_world(spec, seed=0, photos=photos)
+    assert data.classes == [f"class{c}" for c in range(5)]
+    used = {split: {p for scene in scenes for p in scene} for split, scenes in data.sources.items()}
+    assert not used["train"] & used["val"] and not used["train"] & used["test"] and not used["val"] & used["test"]
+    for split, count in (("train", 24), ("val", 8), ("test", 12)):
+        assert len(data.images[split]) == count and data.images[split][0].size == (32, 32)
+        for scene, row in zip(data.sources[split], data.labels[split], strict=True):
+            assert 2 <= len(scene) <= 4  # the mix holds no scene of one photo
+            assert [data.classes[j] for j in np.flatnonzero(row)] == sorted(p.split("/")[0] for p in scene)
+    assert (data.observed.sum(axis=1) == 1).all() and not (data.observed > data.labels["train"]).any()
+    again = render_world(spec, seed=0, photos=photos)
+    assert again.sources == data.sources and np.array_equal(again.observed, data.observed)
+    assert np.array_equal(np.asarray(again.images["test"][3]), np.asarray(data.images["test"][3]))
+    assert render_world(spec, seed=1, photos=photos).sources != data.sources
+    # The benchmark's real-photo worlds: several objects in every scene, a single-positive and a partial one.
+    assert {w.labels for w in PHOTO_WORLDS.values()} == {"single", "partial"}
+    assert all(w.world.mix[0] == 0 and w.backbone.pretrained for w in PHOTO_WORLDS.values())
+
+
+def test_every_method_trains_on_a_photo_world_through_the_pretrained_backbone(tmp_path, monkeypatch):
+    from train.bench_method import runner
+    from train.bench_method.worlds import METHODS, PHOTO_BACKBONE, PhotoScenes
+
+    photos = _photo_folder(tmp_path / "photos")
+    spec = BenchWorld("tiny-photos", PhotoScenes(mix=(0.0, 0.5, 0.0, 0.5)), 16, 8, 8, batch_size=8, epochs=2,
+                      image_size=64, backbone=PHOTO_BACKBONE)
+    monkeypatch.setitem(runner.PHOTO_WORLDS, spec.name, spec)
+    out = tmp_path / "bench"
+    methods = ["full", "an", "an-ls", "epr", "role", "ll-r", "ll-ct", "calr-no-rejection", "calr"]
+    assert set(methods) <= set(METHODS)
+    assert main(["bench-method", "--worlds", spec.name, "--methods", ",".join(methods), "--seeds", "0",
+                 "--photos", str(photos), "--out", str(out)]) == 0
+    runs = json.loads((out / "runs.json").read_text())
+    assert sorted(r["method"] for r in runs) == sorted(methods)
+    assert all(0.0 < r["test_map"] <= 100.0 and len(r["epochs"]) == 2 for r in runs)

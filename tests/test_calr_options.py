@@ -381,3 +381,27 @@ def test_a_gated_step_rejects_nothing_and_the_estimate_survives_a_state_round_tr
     restored = CALR(NUM_CLASSES, warmup_epochs=0)
     restored.load_state_dict(copy.deepcopy(objective.state_dict()))
     assert restored.estimated_precision == 0.25 and restored.gated
+
+
+def test_placebo_rejects_the_rule_count_per_image_at_random_without_touching_the_random_stream():
+    batch = _batch()
+    rule = CALR(NUM_CLASSES, warmup_epochs=0).step(_model(), batch, epoch=1)
+    assert rule.rejected.any()
+    counts = rule.rejected.sum(dim=1)
+    chosen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)  # the placebo's own stream starts from the run's seed
+        placebo = CALR(NUM_CLASSES, warmup_epochs=0, placebo=True)
+        model = _model()
+        state = torch.get_rng_state()
+        result = placebo.step(model, batch, epoch=1)
+        assert torch.equal(torch.get_rng_state(), state)  # the training's random numbers are untouched
+        assert torch.equal(result.rejected.sum(dim=1), counts)
+        assert not (result.rejected & (batch["observed"] != 0)).any()
+        chosen.add(tuple(result.rejected.flatten().tolist()))
+        # Its stream is saved with the objective: a resumed run draws what the killed one would have.
+        restored = CALR(NUM_CLASSES, warmup_epochs=0, placebo=True)
+        restored.load_state_dict(copy.deepcopy(placebo.state_dict()))
+        assert torch.equal(restored.step(_model(), batch, epoch=1).rejected, placebo.step(_model(), batch, 1).rejected)
+    assert len(chosen) > 1  # the entries vary with the seed; the rule's would not
+    assert not CALR(NUM_CLASSES, warmup_epochs=0, placebo=True).step(_model(), batch, epoch=0).rejected.any()

@@ -9,6 +9,7 @@ from spml.rejection import (
     RunningThresholds,
     estimated_precision,
     logit_gap,
+    placebo_mask,
     probe_columns,
     probe_decisions,
     rejection_mask,
@@ -236,3 +237,16 @@ def test_estimated_precision_by_hand():
     assert estimated_precision(0, 0, 40, 50.0) is None
     assert estimated_precision(10, 6, 0, 50.0) is None
     assert estimated_precision(10, 6, 40, None) is None
+
+
+def test_placebo_rejects_as_many_unknown_entries_per_image_as_the_rule_at_random():
+    observed = t([[1, 0, 0, 0, 0], [0, 1, 0, -1, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 1]], torch.long)
+    flagged = t([[0, 1, 1, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 0]], torch.bool)
+    draws = [placebo_mask(flagged, observed, torch.Generator().manual_seed(seed)) for seed in range(40)]
+    for mask in draws:
+        assert mask.sum(dim=1).tolist() == [2, 1, 0, 4]  # the rule's count, image by image
+        assert not (mask & (observed != 0)).any()  # never an annotated or known entry
+    # Row 3 has exactly 4 unknown entries, so all of them; elsewhere the choice varies with the stream.
+    assert all(mask[3].tolist() == [True, True, True, True, False] for mask in draws)
+    assert len({tuple(mask[0].tolist()) for mask in draws}) > 1
+    assert torch.equal(draws[7], placebo_mask(flagged, observed, torch.Generator().manual_seed(7)))

@@ -115,15 +115,30 @@ def compose_scene(photos: Sequence[Image.Image], size: int) -> Image.Image:
     return canvas
 
 
+def render_photo_scene(root: Path, scene: Sequence[str], size: int) -> Image.Image:
+    """The scene of the photos ``scene`` (paths relative to ``root``), composed at ``size``."""
+    images = []
+    for photo in scene:
+        with Image.open(root / photo) as opened:
+            images.append(opened.convert("RGB"))
+    return compose_scene(images, size)
+
+
 def _class_of(photo: str) -> str:
     return photo.split("/", 1)[0]
 
 
-def _scene_rows(name: str, scenes: list[list[str]], classes: list[str]) -> list[Row]:
+def scene_labels(scenes: Sequence[Sequence[str]], classes: list[str]) -> np.ndarray:
+    """The full labels (scenes x classes, 0/1) of scenes given as photo paths ``<class>/<photo>``."""
     order = {c: i for i, c in enumerate(classes)}
     labels = np.zeros((len(scenes), len(classes)), dtype=np.uint8)
     for i, scene in enumerate(scenes):
         labels[i, [order[_class_of(p)] for p in scene]] = 1
+    return labels
+
+
+def _scene_rows(name: str, scenes: list[list[str]], classes: list[str]) -> list[Row]:
+    labels = scene_labels(scenes, classes)
     observed = sample_single_positive(labels)
     return [Row(image=f"{SCENES_FOLDER}/{name}/{i:06d}.jpg", labels=[classes[j] for j in np.flatnonzero(labels[i])],
                 positive=classes[int(np.flatnonzero(observed[i])[0])]) for i in range(len(scenes))]
@@ -155,11 +170,8 @@ def make_photo_scenes(photos_dir: str | Path, out: str | Path, seed: int = 0, tr
         for split, scenes in plans.items():
             (out / SCENES_FOLDER / split).mkdir(parents=True, exist_ok=True)
             for i, scene in enumerate(scenes):
-                images = []
-                for photo in scene:
-                    with Image.open(folder.root / photo) as opened:
-                        images.append(opened.convert("RGB"))
-                compose_scene(images, image_size).save(out / SCENES_FOLDER / split / f"{i:06d}.jpg", quality=90)
+                render_photo_scene(folder.root, scene, image_size).save(out / SCENES_FOLDER / split / f"{i:06d}.jpg",
+                                                                         quality=90)
                 bar.update()
     sources = {"photos": str(folder.root.resolve()), "seed": seed, "val_fraction": val_fraction,
                "image_size": image_size, "mix": list(mix), "scenes": plans}

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from spml.cam import CamNorm, apply_masks, positive_masks
 from spml.losses.base import Objective, StepResult, assume_negative_matrix, neg_log_sigmoid
 from spml.model import SPMLModel
-from spml.rejection import RunningThresholds, probe_columns, probe_decisions, rejection_mask
+from spml.rejection import RunningThresholds, placebo_mask, probe_columns, probe_decisions, rejection_mask
 
 RAN_VIEWS = ("strong", "both", "weak")
 MASKED_BATCHNORM_MODES = ("batch", "eval", "update")
@@ -174,6 +174,9 @@ class CALR(Objective):
     - ``min_precision``: the rule rejects in an epoch only while the precision its probes estimated
       over the previous epoch (``estimated_precision``, set by the trainer) is at least this; 0 turns
       the gate off. Without an estimate (single positives, no expected label count) it never closes.
+    - ``placebo``: a control, not a method: each image rejects as many unknown entries as the rule
+      flags in it, but drawn at random (:func:`spml.rejection.placebo_mask`). What CALR gains over its
+      placebo is what the rule's choice of entries earns, beyond the dropping of some loss terms.
     """
 
     name = "calr"
@@ -184,8 +187,11 @@ class CALR(Objective):
                  momentum: float = 0.999, bias_correction: bool | None = None, reference: bool = False,
                  masked_bn: str | None = None, per_class_gap: bool | None = None, warmup_steps: int | None = None,
                  batchnorm_passes: int = 1, ran_views: str | None = None, probes: bool = False,
-                 min_precision: float | None = None):
+                 min_precision: float | None = None, placebo: bool = False):
         super().__init__()
+        self.placebo = placebo
+        # Its own stream, seeded from the run's seed: the training's random numbers stay as they were.
+        self._placebo_generator = torch.Generator().manual_seed(torch.initial_seed())
         self.probes = probes
         chosen = REFERENCE_OPTIONS if reference else CALR_DEFAULTS
         if reference and min_precision not in (None, 0.0):
@@ -223,11 +229,16 @@ class CALR(Objective):
         self._rejecting = False
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {**self.thresholds.state_dict(), "estimated_precision": self.estimated_precision}
+        state = {**self.thresholds.state_dict(), "estimated_precision": self.estimated_precision}
+        if self.placebo:
+            state["placebo_generator"] = self._placebo_generator.get_state()
+        return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.estimated_precision = state.get("estimated_precision")
         self.thresholds.load_state_dict(state)
+        if "placebo_generator" in state:
+            self._placebo_generator.set_state(state["placebo_generator"])
 
     @property
     def gated(self) -> bool:
@@ -304,6 +315,8 @@ class CALR(Objective):
             flagged = rejection_mask(detached, masked, observed, self.thresholds.gap_threshold_tensor,
                                      self.thresholds.class_average)
         rejected = flagged if active else torch.zeros_like(observed, dtype=torch.bool)
+        if active and self.placebo:
+            rejected = placebo_mask(flagged, observed, self._placebo_generator)
         counts = self.probe_counts(model, spml_model, images, output, observed, flagged) if self.probes else None
         loss, parts = calr_loss(logits, strong_logits, observed, rejected, self.weights, self.ran_views)
         return StepResult(loss=loss, logits=detached, rejected=rejected, parts=parts, probe_counts=counts)

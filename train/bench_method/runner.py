@@ -19,16 +19,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spml.data import Split
-from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, strong_transform, weak_transform
+from spml.data.transforms import eval_transform, input_normalization, strong_transform, weak_transform
 from spml.metrics import mean_average_precision
 from spml.runtime import DistInfo, atomic_write_text
 from train.bench_method.results import RunResult, has_separability, markdown_tables, write_outputs
 from train.bench_method.separability import rule_scores, separation, split_logits
 from train.bench_method.worlds import (
     DEFAULT_METHODS,
+    DEFAULT_PHOTOS,
     DEFAULT_SEEDS,
     EXTRA_WORLDS,
     METHODS,
+    PHOTO_WORLDS,
     QUICK_WORLDS,
     WORLDS,
     BenchWorld,
@@ -44,11 +46,11 @@ class InMemoryImages(torch.utils.data.Dataset):
     """The trainer's items (``image``, ``strong``, ``observed``, ``labels``, ``index``) from PIL images."""
 
     def __init__(self, images: list[Image.Image], labels: np.ndarray, observed: np.ndarray, image_size: int,
-                 strong: bool, training: bool = True):
+                 strong: bool, normalization: tuple[tuple[float, ...], tuple[float, ...]], training: bool = True):
         self.images, self.labels, self.observed = images, labels, observed
-        self.weak = weak_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
-        self.eval = eval_transform(image_size, IMAGENET_MEAN, IMAGENET_STD)
-        self.strong = strong_transform(image_size, IMAGENET_MEAN, IMAGENET_STD) if strong else None
+        self.weak = weak_transform(image_size, *normalization)
+        self.eval = eval_transform(image_size, *normalization)
+        self.strong = strong_transform(image_size, *normalization) if strong else None
         self.training = training  # False: the evaluation view (validation and test sets)
 
     def __len__(self) -> int:
@@ -64,9 +66,10 @@ class InMemoryImages(torch.utils.data.Dataset):
         return item
 
 
-def _mean_average_precision(network: torch.nn.Module, dataset: InMemoryImages, batch_size: int) -> float:
+def _mean_average_precision(network: torch.nn.Module, dataset: InMemoryImages, batch_size: int,
+                            channels_last: bool) -> float:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    scores, labels = predict(network, loader, torch.device("cpu"))
+    scores, labels = predict(network, loader, torch.device("cpu"), channels_last=channels_last)
     return mean_average_precision(scores, labels)
 
 
@@ -78,20 +81,25 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separabil
     from spml.model import create_model
 
     loss, options = METHODS[method]
-    config = TrainConfig(data="-", out="-", loss=loss, arch="compact", arch_options={"width": 16},
-                         pretrained=False, epochs=spec.epochs, batch_size=spec.batch_size,
-                         image_size=spec.image_size, lr=1e-3, head_lr_multiplier=1.0, loss_options=dict(options),
-                         workers=0, seed=seed, amp=False, channels_last=False, log_every=10**9)
+    backbone = spec.backbone
+    config = TrainConfig(data="-", out="-", loss=loss, arch=backbone.arch, arch_options=dict(backbone.options),
+                         pretrained=backbone.pretrained, epochs=spec.epochs, batch_size=spec.batch_size,
+                         image_size=spec.image_size, lr=backbone.lr, head_lr_multiplier=backbone.head_lr_multiplier,
+                         warmup_epochs=spec.warmup_epochs, loss_options=dict(options), workers=0, seed=seed, amp=False,
+                         channels_last=backbone.channels_last, log_every=10**9)
     train_split = Split(name="train", source=Path("-"), classes=data.classes, images=[], rows=[],
                         labels=data.labels["train"], observed=data.observed, has_hidden_labels=True)
     torch.manual_seed(seed)
-    network = create_model("compact", len(data.classes), pretrained=False, width=16)
+    network = create_model(backbone.arch, len(data.classes), pretrained=backbone.pretrained, **config.arch_options)
+    if backbone.channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    normalization = input_normalization(network)
     objective = build_objective(config, train_split)
     train_set = InMemoryImages(data.images["train"], data.labels["train"], data.observed, spec.image_size,
-                               objective.needs_strong_view)
+                               objective.needs_strong_view, normalization)
     val_set, test_set = (InMemoryImages(data.images[split], data.labels[split],
                                         np.zeros_like(data.labels[split], dtype=np.int8), spec.image_size, False,
-                                        training=False)
+                                        normalization, training=False)
                          for split in ("val", "test"))
     generator = torch.Generator()
     loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, generator=generator)
@@ -102,14 +110,14 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separabil
     labels_per_image = expected_labels(config, train_split)
     if separability:
         evaluation_view = InMemoryImages(data.images["train"], data.labels["train"], data.observed, spec.image_size,
-                                         False, training=False)
+                                         False, normalization, training=False)
         train_images = torch.stack([evaluation_view[i]["image"] for i in range(len(evaluation_view))])
         train_observed = torch.from_numpy(data.observed.astype(np.int64))
     for epoch in range(1, spec.epochs + 1):
         torch.manual_seed(seed * 1000 + epoch)
         generator.manual_seed(seed * 1000 + epoch)
         stats = train_one_epoch(network, objective, loader, optimizer, None, epoch, device, config, info, True)
-        val_map = _mean_average_precision(network, val_set, 64)
+        val_map = _mean_average_precision(network, val_set, 64, backbone.channels_last)
         row = {"epoch": epoch, "val_map": round(val_map, 4), "rejected": stats.rejected,
                "rejection_precision": stats.rejection_precision,
                "rejected_fraction_of_unknown": stats.rejected / max(stats.unknown_entries, 1),
@@ -126,7 +134,7 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separabil
         if val_map > best_val:
             best_val, best_epoch, best_state = val_map, epoch, copy.deepcopy(network.state_dict())
     network.load_state_dict(best_state)
-    test_map = _mean_average_precision(network, test_set, 64)
+    test_map = _mean_average_precision(network, test_set, 64, backbone.channels_last)
     return RunResult(spec.name, method, seed, test_map, best_val, best_epoch, time.perf_counter() - start, epochs)
 
 
@@ -141,13 +149,14 @@ def _load_done(path: Path) -> list[RunResult]:
 
 
 def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], out: Path,
-              threads: int = 1, progress: bool = True, train: bool = True, separability: bool = False
-              ) -> dict[str, Any]:
+              threads: int = 1, progress: bool = True, train: bool = True, separability: bool = False,
+              photos: Path = DEFAULT_PHOTOS) -> dict[str, Any]:
     """Run every (world, seed, method) not already in ``out/runs.json``; write the tables.
 
     ``train=False`` only writes the tables of the runs already there (a sweep cut short, or the
     ``runs.json`` lists of several processes joined into one). ``separability`` measures it in every
-    run (see :func:`run_one`); a run there that lacks it is run again."""
+    run (see :func:`run_one`); a run there that lacks it is run again. ``photos``: the image folder the
+    real-photo worlds compose their scenes from."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -168,7 +177,7 @@ def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], ou
     with tqdm(total=len(todo), desc="bench-method", unit="run", disable=not progress) as bar:
         for spec, seed, method in todo:
             if cache is None or cache[0] != (spec.name, seed):
-                cache = ((spec.name, seed), render_world(spec, seed))
+                cache = ((spec.name, seed), render_world(spec, seed, photos))
             result = run_one(spec, cache[1], method, seed, separability)
             # A run measured again (for its separability) replaces its earlier entry once it is done.
             results = [r for r in results if (r.world, r.method, r.seed) != (spec.name, method, seed)] + [result]
@@ -182,7 +191,11 @@ def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], ou
 
 def add_bench_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="two tiny worlds, one seed: a smoke run in seconds")
-    parser.add_argument("--worlds", help=f"comma-separated subset of {', '.join(WORLDS)}")
+    parser.add_argument("--worlds", help=f"comma-separated subset of {', '.join(WORLDS)}; the extra worlds "
+                                         f"{', '.join(EXTRA_WORLDS)}; the real-photo worlds {', '.join(PHOTO_WORLDS)}")
+    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS,
+                        help=f"the image folder (one folder a class) of the real-photo worlds "
+                             f"(default {DEFAULT_PHOTOS})")
     parser.add_argument("--methods", help=f"comma-separated, default {','.join(DEFAULT_METHODS)}; "
                                           f"known: {', '.join(METHODS)}")
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; --quick: 0)")
@@ -203,7 +216,7 @@ def _names(text: str | None, default: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    catalogue = QUICK_WORLDS if args.quick else {**WORLDS, **EXTRA_WORLDS}
+    catalogue = QUICK_WORLDS if args.quick else {**WORLDS, **EXTRA_WORLDS, **PHOTO_WORLDS}
     names = _names(args.worlds, list(QUICK_WORLDS if args.quick else WORLDS))
     missing = [name for name in names if name not in catalogue]
     if missing:
@@ -214,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     summary = run_sweep(worlds, methods, seeds, out, args.threads, train=not args.report_only,
-                        separability=args.separability)
+                        separability=args.separability, photos=args.photos)
     for spec in worlds:
         print(f"{spec.name}: {spec.describe()}")
     print(markdown_tables(summary, worlds, methods))

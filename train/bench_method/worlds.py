@@ -1,25 +1,76 @@
-"""What the sweep runs: its synthetic worlds (each rendered in memory, with the training labels an
-annotator would leave) and its methods (a loss and its options)."""
+"""What the sweep runs: its worlds (synthetic ones, and scenes of real photos; each rendered in memory,
+with the training labels an annotator would leave), the backbone each world trains, and the methods
+(a loss and its options)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from spml.data import sample_single_positive
+from spml.data.scenes import (
+    PhotoFolder,
+    plan_scenes,
+    read_photo_folder,
+    render_photo_scene,
+    scene_labels,
+    split_photos,
+)
 from spml.data.synthetic import World, render_scene
+
+# Where the real-photo worlds read their photos unless --photos says otherwise (beside the checkout).
+DEFAULT_PHOTOS = Path("../shared/photos/train")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """The network a world's runs train, and its optimiser's learning rates: the same for every method."""
+
+    arch: str = "compact"
+    options: tuple[tuple[str, Any], ...] = (("width", 16),)
+    pretrained: bool = False
+    lr: float = 1e-3
+    head_lr_multiplier: float = 1.0
+    channels_last: bool = False
+
+    def describe(self) -> str:
+        options = ", ".join(f"{key} {value}" for key, value in self.options)
+        weights = "ImageNet weights" if self.pretrained else "from scratch"
+        return f"{self.arch} ({options}), {weights}, Adam {self.lr:g} (head x{self.head_lr_multiplier:g})"
+
+
+COMPACT = Backbone()
+# The photos model's recipe (train/configs/photos_calr.yaml): ImageNet features, the stem and 5 of the
+# 7 stages frozen, Adam 3e-4 with the head at x10.
+PHOTO_BACKBONE = Backbone("efficientnet_lite0", (("frozen_stages", 5),), True, 3e-4, 10.0, True)
+
+
+@dataclass(frozen=True)
+class PhotoScenes:
+    """Scenes composed from an image folder of real photos (:mod:`spml.data.scenes`): ``mix`` gives the
+    shares of scenes with 1, 2, 3 and 4 photos. Each seed splits the photos anew into train, val and test
+    (per class; no photo in two splits)."""
+
+    mix: tuple[float, float, float, float]
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+    def objects(self) -> str:
+        present = [k + 1 for k, share in enumerate(self.mix) if share > 0]
+        return f"{min(present)}-{max(present)}"
 
 
 @dataclass(frozen=True)
 class BenchWorld:
-    """One world of the sweep: what it renders, how it is labelled, and its training budget."""
+    """One world of the sweep: what it renders, how it is labelled, what trains on it, and the budget."""
 
     name: str
-    world: World
+    world: World | PhotoScenes
     train: int
     val: int
     test: int
@@ -28,6 +79,8 @@ class BenchWorld:
     image_size: int = 64
     labels: str = "single"  # single: one positive by the protocol; partial: each label kept with p = keep
     keep: float = 0.5
+    backbone: Backbone = COMPACT
+    warmup_epochs: int = 3  # CALR's epochs without rejection (the trainer's default)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -35,10 +88,14 @@ class BenchWorld:
 
     def describe(self) -> str:
         w = self.world
-        objects = f"{min(w.object_counts)}-{max(w.object_counts)}"
         labels = "single positive" if self.labels == "single" else f"partial (keep {self.keep:g})"
+        budget = f"{self.train} images / {self.steps_per_epoch} steps an epoch, {labels}"
+        if isinstance(w, PhotoScenes):
+            return (f"scenes of {w.objects()} real photos, {self.image_size} px, {budget}, "
+                    f"{self.backbone.describe()}")
+        objects = f"{min(w.object_counts)}-{max(w.object_counts)}"
         return (f"{w.classes} classes, {objects} objects, radius {w.radius_range[0]:g}-{w.radius_range[1]:g}, "
-                f"clutter {w.clutter:g}, {self.train} images / {self.steps_per_epoch} steps an epoch, {labels}")
+                f"clutter {w.clutter:g}, {budget}")
 
 
 def _uniform(low: int, high: int) -> dict[str, Any]:
@@ -67,13 +124,28 @@ QUICK_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
                image_size=48, labels="partial"),
 )}
 
+# Scenes of the real photos of ../shared/photos on the photos model's backbone; not in the default sweep
+# (they need the photos; --worlds names them). Every scene holds 2 to 4 objects. Sized so that a CALR run
+# takes a few minutes on this machine's 2 cores (docs/benchmarks.md, "The method on real photos"); the
+# rule starts after 2 epochs, as in the photos model's recipe (pretrained features know the objects early).
+PHOTO_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
+    BenchWorld("photos-several", PhotoScenes(mix=(0.0, 0.3, 0.2, 0.5)), 600, 150, 300, batch_size=16, epochs=6,
+               image_size=160, backbone=PHOTO_BACKBONE, warmup_epochs=2),
+    BenchWorld("photos-partial", PhotoScenes(mix=(0.0, 0.3, 0.2, 0.5)), 600, 150, 300, batch_size=16, epochs=6,
+               image_size=160, labels="partial", backbone=PHOTO_BACKBONE, warmup_epochs=2),
+)}
+
 NO_REJECTION = "calr-no-rejection"  # ours with the rule never on: the rule's share is measured against it
 # method name -> (loss, loss_options). "calr" is CALR as a user gets it without a recipe ("ours");
 # the calr-* variants change one option each, for the ablations.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("full", {}),
     "an": ("an", {}),
+    "an-ls": ("an-ls", {}),
+    "epr": ("epr", {}),
+    "role": ("role", {}),
     "ll-r": ("ll-r", {}),
+    "ll-ct": ("ll-ct", {}),
     "calr": ("calr", {}),
     "calr-reference": ("calr", {"reference": True}),
     "calr-no-bias-correction": ("calr", {"bias_correction": False}),
@@ -87,6 +159,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     # at m = 0.999), counted in steps whatever the epoch length.
     "calr-settle-no-bias-correction": ("calr", {"bias_correction": False, "warmup_steps": 693}),
     NO_REJECTION: ("calr", {"warmup_steps": 10**9}),  # CALR's other terms alone
+    "calr-placebo": ("calr", {"placebo": True}),  # as many rejections as the rule, at random: the share's noise
     "calr-no-l2": ("calr", {"weights": (0.5, 1.0, 0.0)}),  # without the strong/weak consistency term
     "calr-ran-strong": ("calr", {"ran_views": "strong"}),  # RAN on the strong view only: the paper's, ours until now
     "calr-ran-weak": ("calr", {"ran_views": "weak"}),
@@ -101,10 +174,14 @@ class WorldData:
     images: dict[str, list[Image.Image]]
     labels: dict[str, np.ndarray]
     observed: np.ndarray  # the training split's observed matrix (1 positive, 0 unknown)
+    sources: dict[str, list[list[str]]] | None = None  # a world of real photos: each scene's photos, by split
 
 
-def render_world(spec: BenchWorld, seed: int) -> WorldData:
-    """Render the three splits in memory and draw the training split's observed labels."""
+def render_world(spec: BenchWorld, seed: int, photos: Path = DEFAULT_PHOTOS) -> WorldData:
+    """Render the three splits in memory and draw the training split's observed labels (a world of real
+    photos composes its scenes from the image folder ``photos``)."""
+    if isinstance(spec.world, PhotoScenes):
+        return _compose_photo_world(spec, spec.world, seed, photos)
     classes = spec.world.class_names
     images: dict[str, list[Image.Image]] = {}
     labels: dict[str, np.ndarray] = {}
@@ -116,6 +193,23 @@ def render_world(spec: BenchWorld, seed: int) -> WorldData:
             rows.append([name in names for name in classes])
         labels[split] = np.asarray(rows, dtype=np.uint8)
     return WorldData(classes, images, labels, observe(labels["train"], spec, seed))
+
+
+def _compose_photo_world(spec: BenchWorld, scenes: PhotoScenes, seed: int, photos: Path) -> WorldData:
+    folder = read_photo_folder(photos)
+    held = scenes.val_fraction + scenes.test_fraction
+    first = split_photos(folder, held, seed)
+    second = split_photos(PhotoFolder(folder.root, folder.classes, first["val"]), scenes.test_fraction / held, seed)
+    pools = {"train": first["train"], "val": second["train"], "test": second["val"]}
+    rng = np.random.RandomState([seed, 1300])
+    images: dict[str, list[Image.Image]] = {}
+    labels: dict[str, np.ndarray] = {}
+    sources: dict[str, list[list[str]]] = {}
+    for split, count in (("train", spec.train), ("val", spec.val), ("test", spec.test)):
+        sources[split] = plan_scenes(pools[split], count, scenes.mix, rng)
+        images[split] = [render_photo_scene(folder.root, scene, spec.image_size) for scene in sources[split]]
+        labels[split] = scene_labels(sources[split], folder.classes)
+    return WorldData(folder.classes, images, labels, observe(labels["train"], spec, seed), sources)
 
 
 def observe(labels: np.ndarray, spec: BenchWorld, seed: int) -> np.ndarray:

@@ -70,7 +70,9 @@ def top1(scores: np.ndarray, labels: np.ndarray) -> float:
 def checkpoint_figures(model: LoadedModel, scenes: Split, photos: Split, sizes: list[int], batch_size: int,
                        workers: int) -> dict[str, Any]:
     device = torch.device("cpu")
-    figures: dict[str, Any] = {"trained_at": model.image_size}
+    # A checkpoint may declare a larger input size (the app's) than it was trained at.
+    figures: dict[str, Any] = {"trained_at": model.training.get("image_size", model.image_size),
+                               "analysed_at": model.image_size}
     for size in sizes:
         scores, labels = predict(model.network, _loader(scenes, size, model.network, batch_size, workers), device)
         figures[f"scene_map_{size}"] = mean_average_precision(scores, labels)
@@ -100,7 +102,8 @@ def photo_errors(scores: np.ndarray, labels: np.ndarray, photos: Split, classes:
 def anchor_figures(scenes: Split, photos_train: Split, photos_val: Split, sizes: list[int], batch_size: int,
                    workers: int, feature_size: int = 224) -> dict[str, Any]:
     """The logistic-regression anchor on ImageNet features; C chosen by val scene mAP (as the models are
-    chosen by val mAP) at ``feature_size``, the photos' own training size."""
+    chosen by val mAP) at ``feature_size``, the photos' own training size, scored there too whatever
+    ``sizes`` holds."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -110,7 +113,7 @@ def anchor_figures(scenes: Split, photos_train: Split, photos_val: Split, sizes:
     val_x, val_y = pooled_features(network, _loader(photos_val, feature_size, network, batch_size, workers),
                                    "anchor: val photos")
     scene_x = {size: pooled_features(network, _loader(scenes, size, network, batch_size, workers),
-                                     f"anchor: val scenes at {size}") for size in sizes}
+                                     f"anchor: val scenes at {size}") for size in sorted({*sizes, feature_size})}
     scaler = StandardScaler().fit(train_x)
     targets = train_y.argmax(axis=1)
     results = []

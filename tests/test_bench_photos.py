@@ -1,0 +1,76 @@
+"""``python -m train bench-photos`` on a tiny photo set: a checkpoint's figures and the anchor's, computed
+the way their definitions say (top-1 and its errors agree, the anchor's C chosen at the photos' size)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from spml.checkpoint import LoadedModel, save_checkpoint
+from spml.data import load_dataset
+from spml.data.transforms import input_normalization
+from spml.model import create_model
+from train.bench_photos import ANCHOR_C, add_bench_photos_arguments, run_bench_photos
+from train.prepare import add_prepare_arguments, run_prepare
+
+COLOURS = {"ant": (200, 30, 30), "bee": (30, 200, 30), "cow": (30, 30, 200), "dog": (200, 200, 30)}
+
+
+def _prepare(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_prepare_arguments(parser.add_subparsers(dest="command"))
+    return run_prepare(parser.parse_args(["prepare", "photos", *argv]))
+
+
+def _bench(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_bench_photos_arguments(parser)
+    return run_bench_photos(parser.parse_args(list(argv)))
+
+
+@pytest.fixture(scope="module")
+def photo_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-photos")
+    for c, (name, colour) in enumerate(COLOURS.items()):
+        (root / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            image = Image.new("RGB", (40 + 4 * i, 30), colour)
+            image.paste((255 - 60 * c, 40 * i, 128), (5, 5, 15 + c * 5, 20))  # a mark of its own per class
+            image.save(root / "photos" / name / f"{name}-{i}.png")
+    assert _prepare("--photos", str(root / "photos"), "--out", str(root / "data"), "--train", "12", "--val", "8",
+                    "--image-size", "64", "--no-progress") == 0
+    torch.manual_seed(0)
+    network = create_model("compact", len(COLOURS), width=8).eval()
+    # Declared at 48 px (the size it would be analysed at), trained at 32.
+    save_checkpoint(LoadedModel(network, sorted(COLOURS), 48, *input_normalization(network),
+                                training={"image_size": 32, "loss": "an"}), root / "checkpoint")
+    return root
+
+
+def test_checkpoint_and_anchor_figures(photo_set, capsys):
+    out = photo_set / "bench.json"
+    assert _bench("--data", str(photo_set / "data"), "--checkpoints", str(photo_set / "checkpoint"), "--sizes", "64",
+                  "--threads", "1", "--workers", "0", "--out", str(out)) == 0
+    result = json.loads(out.read_text())
+    val_photos = len(load_dataset(photo_set / "data" / "photos").split("val").images)
+    assert result["val_scenes"] == 8 and result["val_photos"] == val_photos
+    figures = result["checkpoints"][str(photo_set / "checkpoint")]
+    assert figures["trained_at"] == 32 and figures["analysed_at"] == 48 and figures["loss"] == "an"
+    assert 0.0 < figures["scene_map_64"] <= 100.0
+    errors = figures["photo_errors"]
+    assert errors["count"] == len(errors["photos"]) == sum(errors["pairs"].values())
+    assert figures["photo_top1"] == pytest.approx(100.0 * (val_photos - errors["count"]) / val_photos)
+    for wrong in errors["photos"]:
+        assert wrong["true"] != wrong["predicted"] and wrong["photo"].endswith(".png")
+    anchor = result["anchor"]
+    # C is chosen at the photos' own size (224) even where --sizes does not name it; every size is scored.
+    assert [row["C"] for row in anchor["grid"]] == list(ANCHOR_C) and anchor["feature_size"] == 224
+    assert anchor["chosen"] == max(anchor["grid"], key=lambda row: row["scene_map_224"])
+    for row in anchor["grid"]:
+        assert {"scene_map_64", "scene_map_64_softmax", "scene_map_224", "scene_map_224_softmax"} <= set(row)
+        assert 0.0 <= row["photo_top1"] <= 100.0
+    assert f"wrote {out}" in capsys.readouterr().out

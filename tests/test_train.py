@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from spml import load_model
 from spml.data import make_synthetic_dataset
+from spml.data.synthetic import World
 from spml.losses import LOSS_NAMES
 from train.__main__ import main as train_main
 from train.config import TrainConfig, load_config
@@ -290,3 +291,25 @@ def test_expected_positives_reaches_the_run_from_the_command_line(tiny_partial_w
                        "--batch-size", "8", "--workers", "0", "--expected-positives", "1"]) == 0
     assert "expected_positives: 1.0" in (run / "config.yaml").read_text()
     assert float(read_metrics(run)[0]["estimated_precision"]) == 0.0  # one label an image: none missing
+
+
+def test_init_from_starts_at_a_checkpoint_weights_and_thresholds(tiny_world, tmp_path):
+    fit(tiny_config(tiny_world, tmp_path / "first", "calr", epochs=1, warmup_epochs=0))
+    first = load_model(tmp_path / "first" / "best")
+    # lr 0: the fine-tune's parameters stay exactly those it started from; its thresholds keep counting.
+    fit(tiny_config(tiny_world, tmp_path / "second", "calr", epochs=1, warmup_epochs=0, image_size=40, lr=0.0,
+                    init_from=str(tmp_path / "first" / "best")))
+    second = load_model(tmp_path / "second" / "best")
+    for (name, before), (_, after) in zip(first.network.named_parameters(), second.network.named_parameters(),
+                                          strict=True):
+        assert torch.equal(before, after), name
+    steps = 24 // 8  # 24 training images at batch 8: one epoch's updates
+    assert second.thresholds.state_dict()["average_steps"] == first.thresholds.state_dict()["average_steps"] + steps
+    assert second.image_size == 40
+    with pytest.raises(ValueError, match="do not fit this architecture"):
+        fit(tiny_config(tiny_world, tmp_path / "wider", "calr", epochs=1, arch_options={"width": 16},
+                        init_from=str(tmp_path / "first" / "best")))
+    other = make_synthetic_dataset(tmp_path / "other", seed=4, train=6, val=2, image_size=32,
+                                   world=World(classes=4), progress=False)
+    with pytest.raises(ValueError, match="classes differ"):
+        fit(tiny_config(other, tmp_path / "other-run", "an", epochs=1, init_from=str(tmp_path / "first" / "best")))

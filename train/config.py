@@ -23,6 +23,9 @@ class TrainConfig:
     arch: str = "resnet50"
     arch_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = True
+    # Start from this checkpoint's weights (and, for CALR, its running thresholds) instead of the
+    # architecture's: a fine-tune, e.g. of the photos model at a larger input size. Same classes.
+    init_from: str | None = None
     epochs: int = 25
     batch_size: int = 16  # the global batch: under torchrun each process loads batch_size / world size
     image_size: int = 448

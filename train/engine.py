@@ -191,6 +191,27 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         close_distributed(info)
 
 
+def initialize_from(source: str, network: SPMLModel, objective: Objective, classes: list[str]) -> None:
+    """Load the weights of checkpoint ``source`` into ``network`` and, where both are CALR's, its running
+    thresholds into ``objective``: a fine-tune starts where that model ended. A ValueError names a
+    checkpoint of other classes or another architecture."""
+    from spml.checkpoint import load_model
+
+    loaded = load_model(source)
+    if loaded.classes != classes:
+        raise ValueError(f"init_from {source}: its {len(loaded.classes)} classes differ from the data set's "
+                         f"{len(classes)} (or their order)")
+    try:
+        network.load_state_dict(loaded.network.state_dict())
+    except RuntimeError as error:
+        raise ValueError(f"init_from {source}: its weights do not fit this architecture ({error})") from None
+    thresholds = calr_thresholds(objective)
+    if thresholds is not None and loaded.thresholds is not None:
+        thresholds.load_state_dict(loaded.thresholds.state_dict())
+    log.info("starting from the weights%s of %s", " and running thresholds" if thresholds is not None
+             and loaded.thresholds is not None else "", source)
+
+
 def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -> dict[str, Any]:
     dataset = load_dataset(config.data, skip_bad=config.skip_bad, single_positive=config.single_positive)
     train_split, val_split = dataset.split("train"), dataset.split("val")
@@ -215,6 +236,9 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
     network = create_model(config.arch, num_classes, pretrained=config.pretrained, **config.arch_options).to(device)
     network = prepare_network(network, config, info, device)
     objective = build_objective(config, train_split).to(device)
+    state_path = run / STATE_NAME
+    if config.init_from and not state_path.is_file():
+        initialize_from(config.init_from, network, objective, dataset.classes)
     mean, std = input_normalization(network)
     train_set = ImageDataset(train_split, weak_transform(config.image_size, mean, std),
                              strong_transform(config.image_size, mean, std)
@@ -233,7 +257,6 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
         if info.enabled else network
 
     state = RunState()
-    state_path = run / STATE_NAME
     if state_path.is_file():
         # weights_only: a restricted unpickler that only rebuilds tensors and plain containers.
         saved = torch.load(state_path, map_location=device, weights_only=True)

@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from train.__main__ import main
 from train.bench_method.worlds import DEFAULT_METHODS, QUICK_WORLDS, WORLDS, BenchWorld, observe
@@ -202,3 +203,29 @@ def test_every_method_trains_on_a_photo_world_through_the_pretrained_backbone(tm
     runs = json.loads((out / "runs.json").read_text())
     assert sorted(r["method"] for r in runs) == sorted(methods)
     assert all(0.0 < r["test_map"] <= 100.0 and len(r["epochs"]) == 2 for r in runs)
+
+
+def test_join_adds_the_runs_of_sweeps_run_side_by_side(tmp_path, capsys):
+    from train.bench_method.results import RunResult
+    from train.bench_method.runner import join_runs
+
+    def write(folder, entries):
+        folder.mkdir()
+        (folder / "runs.json").write_text(json.dumps([
+            {"world": w, "method": m, "seed": s, "test_map": v, "best_val_map": v, "best_epoch": 1, "seconds": 1.0,
+             "epochs": []} for w, m, s, v in entries]))
+
+    write(tmp_path / "a", [("quick-single", "an", 0, 50.0), ("quick-single", "calr", 0, 60.0)])
+    write(tmp_path / "b", [("quick-partial", "an", 0, 40.0), ("quick-single", "an", 0, 99.0)])
+    assert join_runs(tmp_path / "a", [tmp_path / "b"]) == 1  # the run both hold keeps a's figure
+    joined = [RunResult(**entry) for entry in json.loads((tmp_path / "a" / "runs.json").read_text())]
+    assert sorted((r.world, r.method, r.test_map) for r in joined) == [
+        ("quick-partial", "an", 40.0), ("quick-single", "an", 50.0), ("quick-single", "calr", 60.0)]
+    assert join_runs(tmp_path / "a", [tmp_path / "b"]) == 0  # joining again adds nothing
+    assert main(["bench-method", "--quick", "--methods", "an", "--out", str(tmp_path / "c"), "--join",
+                 str(tmp_path / "a"), "--report-only"]) == 0
+    assert "joined 3 run(s)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["table"]["quick-partial"]["an"]["mean"] == 40.0
+    with pytest.raises(ValueError, match="no runs.json to join"):
+        join_runs(tmp_path / "a", [tmp_path / "missing"])

@@ -148,6 +148,26 @@ def _load_done(path: Path) -> list[RunResult]:
                          "remove it or choose another --out") from error
 
 
+def join_runs(out: Path, others: list[Path]) -> int:
+    """Add to ``out/runs.json`` the runs of other sweeps' folders (several processes side by side, each with
+    its own ``--out``) that it lacks; a run in both keeps ``out``'s. Returns how many were added."""
+    runs_path = out / "runs.json"
+    results = _load_done(runs_path)
+    have = {(r.world, r.method, r.seed) for r in results}
+    added = 0
+    for other in others:
+        if not (other / "runs.json").is_file():
+            raise ValueError(f"{other}: no runs.json to join (give the --out folder of another sweep)")
+        for result in _load_done(other / "runs.json"):
+            if (result.world, result.method, result.seed) not in have:
+                results.append(result)
+                have.add((result.world, result.method, result.seed))
+                added += 1
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(runs_path, json.dumps([asdict(r) for r in results]) + "\n")
+    return added
+
+
 def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], out: Path,
               threads: int = 1, progress: bool = True, train: bool = True, separability: bool = False,
               photos: Path = DEFAULT_PHOTOS) -> dict[str, Any]:
@@ -206,6 +226,9 @@ def add_bench_method_arguments(parser: argparse.ArgumentParser) -> None:
                              "(logit, gap, ...) separate the training split's unannotated real labels: AUROC "
                              "and precision at recall 0.3 / 0.5, the ceiling of any rule thresholding them "
                              "(three more passes over the training split an epoch)")
+    parser.add_argument("--join", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="first add the finished runs in these other sweeps' --out folders to OUT/runs.json "
+                             "(sweeps run side by side as separate processes)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the tables of the runs already in OUT/runs.json")
     parser.set_defaults(func=_run)
@@ -225,6 +248,8 @@ def _run(args: argparse.Namespace) -> int:
     methods = _names(args.methods, DEFAULT_METHODS)
     seeds = [int(s) for s in _names(args.seeds, ["0"] if args.quick else [str(s) for s in DEFAULT_SEEDS])]
     out = Path(args.out)
+    if args.join:
+        print(f"joined {join_runs(out, args.join)} run(s) into {out / 'runs.json'}")
     start = time.perf_counter()
     summary = run_sweep(worlds, methods, seeds, out, args.threads, train=not args.report_only,
                         separability=args.separability, photos=args.photos)

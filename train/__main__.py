@@ -67,8 +67,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         return 0
     summary = fit(config)
     if config.export:
-        export_run(Path(config.out), Path(config.export), half=config.export_half,
-                   image_size=config.export_image_size)
+        export_run(Path(config.out), Path(config.export), half=config.export_half)
     print_line(json.dumps(summary))
     return 0
 

@@ -57,9 +57,6 @@ class TrainConfig:
     synthetic: dict[str, Any] | None = None
     export: str | None = None  # copy the best checkpoint and summary here when training ends
     export_half: bool = False  # store the exported weights in float16 (half the size; loads as float32)
-    # The input size the exported checkpoint declares, at which the app analyses (default: image_size). A
-    # model trained on 224 px scenes of four photos may read them best larger (the photos model: 320).
-    export_image_size: int | None = None
     # More data sets whose train split joins `data`'s in the other-world statistics written at the end
     # (the photos model: the single photos beside the scenes, so that neither is taken for another world).
     calibration_data: list[str] = field(default_factory=list)
@@ -87,8 +84,6 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.export_image_size is not None and self.export_image_size < 1:
-            raise ValueError(f"export_image_size must be at least 1, got {self.export_image_size}")
         if self.early_stop_drop is not None and self.early_stop_drop < 0:
             raise ValueError(f"early_stop_drop must be a number of mAP points >= 0, got {self.early_stop_drop}")
         if self.sync_bn and int(self.loss_options.get("batchnorm_passes", 1)) > 1:

@@ -374,16 +374,14 @@ def _finish(config: TrainConfig, test_split: Split | None, state: RunState, devi
     return summary
 
 
-def export_run(run: Path, destination: Path, half: bool = False, image_size: int | None = None) -> None:
+def export_run(run: Path, destination: Path, half: bool = False) -> None:
     """Copy a finished run's best checkpoint, summary and metrics to ``destination``; ``half`` stores
-    the weights in float16; ``image_size`` is the input size the copy declares (the training's otherwise)."""
+    the weights in float16."""
     destination.mkdir(parents=True, exist_ok=True)
-    if half or image_size is not None:
+    if half:
         from spml.checkpoint import load_model
 
-        model = load_model(run / "best")
-        model.image_size = image_size or model.image_size
-        save_checkpoint(model, destination, dtype=torch.float16 if half else None)
+        save_checkpoint(load_model(run / "best"), destination, dtype=torch.float16)
     else:
         for name in ("model.safetensors", "config.json"):
             shutil.copy2(run / "best" / name, destination / name)

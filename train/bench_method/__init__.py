@@ -3,7 +3,8 @@
 Trains full labels (the ceiling), AN, LL-R and CALR as a user gets it without a recipe (``calr``), and
 any ablation variant of CALR, on several synthetic worlds that differ in what matters to the method:
 number of classes, objects per image, object size, clutter, steps per epoch, single-positive or
-partial labels. Several seeds each; a seed renders its own world and initialises its own model.
+partial labels; and, with ``--worlds photos-several,photos-partial``, scenes of real photos on an
+ImageNet-pretrained backbone. Several seeds each; a seed renders its own world and initialises its own model.
 
 Every run goes through the trainer's own pieces (``build_objective``, ``build_optimizer``,
 ``train_one_epoch``, the project's weak and strong views, model selection by clean-validation mAP),

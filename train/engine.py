@@ -206,10 +206,10 @@ def initialize_from(source: str, network: SPMLModel, objective: Objective, class
     except RuntimeError as error:
         raise ValueError(f"init_from {source}: its weights do not fit this architecture ({error})") from None
     thresholds = calr_thresholds(objective)
-    if thresholds is not None and loaded.thresholds is not None:
+    carried = thresholds is not None and loaded.thresholds is not None
+    if carried:
         thresholds.load_state_dict(loaded.thresholds.state_dict())
-    log.info("starting from the weights%s of %s", " and running thresholds" if thresholds is not None
-             and loaded.thresholds is not None else "", source)
+    log.info("starting from the weights%s of %s", " and running thresholds" if carried else "", source)
 
 
 def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -> dict[str, Any]:

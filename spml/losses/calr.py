@@ -189,9 +189,8 @@ class CALR(Objective):
                  batchnorm_passes: int = 1, ran_views: str | None = None, probes: bool = False,
                  min_precision: float | None = None, placebo: bool = False):
         super().__init__()
-        self.placebo = placebo
-        # Its own stream, seeded from the run's seed: the training's random numbers stay as they were.
-        self._placebo_generator = torch.Generator().manual_seed(torch.initial_seed())
+        # The placebo's own stream, seeded from the run's seed: the training's random numbers stay as they were.
+        self._placebo_generator = torch.Generator().manual_seed(torch.initial_seed()) if placebo else None
         self.probes = probes
         chosen = REFERENCE_OPTIONS if reference else CALR_DEFAULTS
         if reference and min_precision not in (None, 0.0):
@@ -230,14 +229,14 @@ class CALR(Objective):
 
     def get_extra_state(self) -> dict[str, Any]:
         state = {**self.thresholds.state_dict(), "estimated_precision": self.estimated_precision}
-        if self.placebo:
+        if self._placebo_generator is not None:
             state["placebo_generator"] = self._placebo_generator.get_state()
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.estimated_precision = state.get("estimated_precision")
         self.thresholds.load_state_dict(state)
-        if "placebo_generator" in state:
+        if self._placebo_generator is not None and "placebo_generator" in state:
             self._placebo_generator.set_state(state["placebo_generator"])
 
     @property
@@ -315,7 +314,7 @@ class CALR(Objective):
             flagged = rejection_mask(detached, masked, observed, self.thresholds.gap_threshold_tensor,
                                      self.thresholds.class_average)
         rejected = flagged if active else torch.zeros_like(observed, dtype=torch.bool)
-        if active and self.placebo:
+        if active and self._placebo_generator is not None:
             rejected = placebo_mask(flagged, observed, self._placebo_generator)
         counts = self.probe_counts(model, spml_model, images, output, observed, flagged) if self.probes else None
         loss, parts = calr_loss(logits, strong_logits, observed, rejected, self.weights, self.ran_views)

@@ -38,7 +38,7 @@ from train.bench_method.worlds import (
     render_world,
 )
 from train.config import TrainConfig
-from train.engine import build_objective, build_optimizer
+from train.engine import build_objective, build_optimizer, prepare_network
 from train.loop import expected_labels, predict, rejection_diagnostics, train_one_epoch
 
 
@@ -89,10 +89,10 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separabil
                          channels_last=backbone.channels_last, log_every=10**9)
     train_split = Split(name="train", source=Path("-"), classes=data.classes, images=[], rows=[],
                         labels=data.labels["train"], observed=data.observed, has_hidden_labels=True)
+    device, info = torch.device("cpu"), DistInfo()
     torch.manual_seed(seed)
-    network = create_model(backbone.arch, len(data.classes), pretrained=backbone.pretrained, **config.arch_options)
-    if backbone.channels_last:
-        network = network.to(memory_format=torch.channels_last)
+    network = prepare_network(create_model(backbone.arch, len(data.classes), pretrained=backbone.pretrained,
+                                           **config.arch_options), config, info, device)
     normalization = input_normalization(network)
     objective = build_objective(config, train_split)
     train_set = InMemoryImages(data.images["train"], data.labels["train"], data.observed, spec.image_size,
@@ -104,7 +104,6 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separabil
     generator = torch.Generator()
     loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, generator=generator)
     optimizer = build_optimizer(config, network, objective)
-    device, info = torch.device("cpu"), DistInfo()
     start = time.perf_counter()
     best_val, best_epoch, best_state, epochs = -1.0, 0, None, []
     labels_per_image = expected_labels(config, train_split)

@@ -161,6 +161,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     NO_REJECTION: ("calr", {"warmup_steps": 10**9}),  # CALR's other terms alone
     "calr-no-gate": ("calr", {"min_precision": 0.0}),  # the rule acts whatever its probes estimate
     "calr-placebo": ("calr", {"placebo": True}),  # as many rejections as the rule, at random: the share's noise
+    "calr-placebo-no-gate": ("calr", {"placebo": True, "min_precision": 0.0}),  # calr-no-gate's noise
     "calr-no-l2": ("calr", {"weights": (0.5, 1.0, 0.0)}),  # without the strong/weak consistency term
     "calr-ran-strong": ("calr", {"ran_views": "strong"}),  # RAN on the strong view only: the paper's, ours until now
     "calr-ran-weak": ("calr", {"ran_views": "weak"}),

@@ -60,9 +60,20 @@ def normalize_cams(cams: Tensor, mode: CamNorm = "image") -> Tensor:
     return shifted / cams.max(dim=0).values
 
 
-def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=False) resize of (B, h, w) maps to ``size`` = (H, W)."""
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+Window = tuple[float, float, float, float]  # (left, top, right, bottom) as fractions of a map's extent
+WHOLE: Window = (0.0, 0.0, 1.0, 1.0)
+
+
+def upsample_maps(maps: Tensor, size: tuple[int, int], window: Window | None = None) -> Tensor:
+    """Bilinear (align_corners=False) resize of (B, h, w) maps to ``size`` = (H, W). With ``window``, only
+    that part of the maps is resized to ``size``: the part of the network's input that a letterboxed image
+    fills (``spml.data.transforms.input_window``), so the maps land on the image's own pixels."""
+    if window is None or tuple(window) == WHOLE:
+        return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    left, top, right, bottom = window
+    down, _ = _resampling(maps.shape[1], size[0], maps.device, (top, bottom))  # (H, h)
+    across, _ = _resampling(maps.shape[2], size[1], maps.device, (left, right))  # (W, w)
+    return down @ maps.float() @ across.T
 
 
 def cam_masks(
@@ -133,14 +144,17 @@ def mask_boxes(masks: Tensor) -> Tensor:
     return _extent_boxes(masks.any(dim=2), masks.any(dim=1))
 
 
-def _resampling(size_in: int, size_out: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _resampling(size_in: int, size_out: int, device: torch.device,
+                span: tuple[float, float] = (0.0, 1.0)) -> tuple[Tensor, Tensor]:
     """Bilinear resampling (align_corners=False) along one axis, as torch computes it: the (out, in)
-    matrix of weights, and the output indices at the ends of each source interval.
+    matrix of weights, and the output indices at the ends of each source interval. ``span``: the part of
+    the input axis (fractions) the output covers; the whole axis gives exactly torch's weights.
 
     An output value is v[j0] + f (v[j1] - v[j0]) with f non-decreasing inside an interval (constant j0),
     so it is monotone there and its extremes over the interval lie at the interval's two ends."""
-    scale = size_in / size_out
-    source = ((torch.arange(size_out, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
+    scale = size_in * (span[1] - span[0]) / size_out
+    steps = torch.arange(size_out, device=device, dtype=torch.float32) + 0.5
+    source = (span[0] * size_in + steps * scale - 0.5).clamp_min(0)
     j0 = source.long().clamp_max(size_in - 1)
     j1 = (j0 + 1).clamp_max(size_in - 1)
     weight = source - j0

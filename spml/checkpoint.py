@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torchvision import transforms as T
 
+from spml.data.transforms import RESIZE_MODES, eval_transform
 from spml.model import SPMLModel, create_model
 from spml.rejection import RunningThresholds
 from spml.runtime import atomic_path, atomic_write_text
@@ -23,6 +25,7 @@ FORMAT_NAME = "spml-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+_STRETCH_DESCRIPTION = "bilinear, whole image to image_size x image_size"  # format 1's text for "stretch"
 _HUB_PATTERN = re.compile(r"^hf://(?P<repo>[\w.\-]+/[\w.\-]+)(?:@(?P<revision>[\w.\-/]+))?$")
 
 
@@ -45,6 +48,7 @@ class LoadedModel:
     training: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     familiarity: dict[str, Any] | None = None  # statistics of the training images' features (spml.familiarity)
+    resize: str = "stretch"  # how an image becomes the square input: spml.data.transforms.RESIZE_MODES
 
     @property
     def device(self) -> torch.device:
@@ -56,6 +60,10 @@ class LoadedModel:
             self.thresholds.to(device)
         return self
 
+    def input_transform(self) -> T.Compose:
+        """The evaluation view this checkpoint expects: to its square input by ``resize``, normalised."""
+        return eval_transform(self.image_size, self.mean, self.std, self.resize)
+
     def class_index(self, name: str) -> int:
         """The index of class ``name``; a ValueError that lists the classes when it is unknown."""
         try:
@@ -66,23 +74,25 @@ class LoadedModel:
 
     def config(self) -> dict[str, Any]:
         config = build_config(self.network, self.classes, self.image_size, self.mean, self.std,
-                              self.cam_norm, self.cam_threshold, self.thresholds, self.training)
+                              self.cam_norm, self.cam_threshold, self.thresholds, self.training, self.resize)
         if self.familiarity is not None:
             config["familiarity"] = self.familiarity
         return config
 
 
 def build_config(network: SPMLModel, classes: list[str], image_size: int, mean, std, cam_norm: str,
-                 cam_threshold: float, thresholds: RunningThresholds | None, training: dict[str, Any]) -> dict:
+                 cam_threshold: float, thresholds: RunningThresholds | None, training: dict[str, Any],
+                 resize: str = "stretch") -> dict:
     if len(classes) != network.num_classes:
         raise CheckpointError(f"{len(classes)} class names for a model of {network.num_classes} classes")
+    if resize not in RESIZE_MODES:
+        raise CheckpointError(f"unknown input resize {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "architecture": network.arch_config(),
         "classes": list(classes),
-        "input": {"image_size": int(image_size), "mean": list(mean), "std": list(std),
-                  "resize": "bilinear, whole image to image_size x image_size"},
+        "input": {"image_size": int(image_size), "mean": list(mean), "std": list(std), "resize": resize},
         "cam": {"normalization": cam_norm, "threshold": float(cam_threshold)},
         "rejection": thresholds.state_dict() if thresholds is not None else None,
         "training": {**training, "code_version": __version__},
@@ -129,6 +139,17 @@ def resolve_checkpoint(source: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     return path
+
+
+def _resize_mode(value: Any, config_path: Path) -> str:
+    """The ``input.resize`` of a config: a mode of RESIZE_MODES; absent, or the description checkpoints
+    wrote before letterboxing existed, is ``stretch``."""
+    if value is None or value == _STRETCH_DESCRIPTION:
+        return "stretch"
+    if value not in RESIZE_MODES:
+        raise CheckpointError(f"{config_path}: unknown input resize {value!r}; this code reads "
+                              f"{', '.join(RESIZE_MODES)}")
+    return str(value)
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -183,4 +204,5 @@ def load_model(source: str | Path, device: torch.device | str = "cpu") -> Loaded
         training=dict(config.get("training", {})),
         source=str(source),
         familiarity=config.get("familiarity"),
+        resize=_resize_mode(model_input.get("resize"), directory / CONFIG_NAME),
     )

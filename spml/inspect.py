@@ -24,7 +24,7 @@ from spml.cam import (
 from spml.checkpoint import LoadedModel
 from spml.data.generic import SEPARATOR, split_names
 from spml.data.images import ImageSource, load_image
-from spml.data.transforms import eval_transform
+from spml.data.transforms import eval_transform, input_window
 from spml.familiarity import statistics_of
 from spml.rejection import logit_gap, rejection_mask
 
@@ -61,6 +61,9 @@ class AnalysisResult:
     familiarity_reason: str | None = None  # why the image looks like another world ("" when it does not)
     # Every class's normalised CAM at the network's map resolution (C, h, w), from the same forward pass.
     class_maps: np.ndarray | None = None
+    # The part of the network's input (and of class_maps) the image fills, as fractions (left, top, right,
+    # bottom): all of it when the image is stretched to the input, less when it is letterboxed.
+    input_window: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
     def table(self) -> list[dict[str, object]]:
         """One row per class other than the positives: rejected ones first, then by probability."""
@@ -94,9 +97,10 @@ def _resolve_positives(model: LoadedModel, positive: str | Sequence[str] | None,
 
 
 @functools.lru_cache(maxsize=8)
-def _transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Image.Image], torch.Tensor]:
-    """The checkpoint's eval transform, built once per input size and normalisation, not per request."""
-    return eval_transform(size, mean, std)
+def _transform(size: int, mean: tuple[float, ...], std: tuple[float, ...],
+               resize: str) -> Callable[[Image.Image], torch.Tensor]:
+    """The checkpoint's eval transform, built once per input size, normalisation and resize, not per request."""
+    return eval_transform(size, mean, std, resize)
 
 
 @torch.inference_mode()
@@ -124,7 +128,7 @@ def analyze(
     picture = load_image(image)
     rgb = np.asarray(picture, dtype=np.uint8)
     network, device = model.network, model.device
-    inputs = _transform(model.image_size, tuple(model.mean), tuple(model.std))(picture)[None].to(device)
+    inputs = _transform(model.image_size, tuple(model.mean), tuple(model.std), model.resize)(picture)[None].to(device)
 
     output = network(inputs)
     logits = output.logits[0].float()
@@ -152,8 +156,9 @@ def analyze(
         rejected_indices, gap_threshold, class_average = [], None, None
 
     height, width = rgb.shape[:2]
+    window = input_window(width, height, model.image_size, model.resize)
     # Each map thresholded on its own, then OR-ed, is the maximum of the maps thresholded once.
-    cam = upsample_maps(cams, (height, width)).amax(dim=0).clamp(0, 1).cpu().numpy().astype(np.float32)
+    cam = upsample_maps(cams, (height, width), window).amax(dim=0).clamp(0, 1).cpu().numpy().astype(np.float32)
     mask = cam > threshold
     box = mask_box(mask)
     probabilities = torch.sigmoid(logits)
@@ -184,4 +189,5 @@ def analyze(
         familiarity_threshold=None if statistics is None else statistics.threshold,
         familiarity_reason=reason,
         class_maps=maps.cpu().numpy(),
+        input_window=window,
     )

@@ -381,6 +381,22 @@ def test_boxes_of_the_suspect_and_the_positive_are_the_hand_computed_ones():
     assert candidate_values(nobody, 0, 1)["positive_box"] is None  # no positive: the whole image, no box
 
 
+def test_boxes_of_a_letterboxed_image_land_on_its_own_pixels():
+    """The image of the test above as a 64 x 32 photo letterboxed into the 32 px input: scale 1/2, rows 8..23
+    (region (0, 8, 32, 24)). Green's box (16, 8, 24, 16) in input pixels is x 32..48 and y (8 - 8) x 2 = 0
+    to (16 - 8) x 2 = 16 of the photo; red's corner cell (rows 24..31) lies on the grey below: no box."""
+    image = torch.zeros(1, 3, 32, 32)
+    image[0, 1, 8:16, 16:24] = 1.0
+    image[0, 0, 24:32, 0:8] = 1.0
+    model = colour_cell_model()
+    model.resize = "letterbox"
+    evidence = batch_evidence(model, image, torch.tensor([[1, 0, 0]], dtype=torch.int8),
+                              sizes=torch.tensor([[64, 32]]))
+    green = candidate_values(evidence, 0, 1)
+    assert green["suspect_box"] == (32, 0, 48, 16)
+    assert green["positive_box"] is None and candidate_values(evidence, 0, 0)["suspect_box"] is None
+
+
 def test_report_rows_carry_well_formed_boxes(reference):
     rows = read_rows(reference)
     for row in rows:

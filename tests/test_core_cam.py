@@ -119,6 +119,16 @@ def test_upsample_is_bilinear_without_aligned_corners():
     assert torch.allclose(out[0], t([[0.0, 0.25, 0.75, 1.0]] * 4))
 
 
+def test_upsample_a_window_is_the_part_of_the_whole_upsampled_map():
+    """A letterboxed image fills a window of the input: upsampling that window to the image's size gives
+    the values the whole map upsampled to the input's size has there (bilinear, align_corners=False)."""
+    maps = torch.rand(2, 4, 5, generator=torch.Generator().manual_seed(0))
+    whole = upsample_maps(maps, (40, 40))
+    assert torch.allclose(upsample_maps(maps, (20, 40), (0.0, 0.25, 1.0, 0.75)), whole[:, 10:30], atol=1e-6)
+    assert torch.allclose(upsample_maps(maps, (40, 30), (0.125, 0.0, 0.875, 1.0)), whole[:, :, 5:35], atol=1e-6)
+    assert torch.equal(upsample_maps(maps, (40, 40), (0.0, 0.0, 1.0, 1.0)), whole)  # the whole input: as before
+
+
 def test_cam_masks_threshold_strictly_and_upsample():
     cams = t([[[1.0, 3.0], [2.0, 5.0]]])  # normalised: [[0, 0.5], [0.25, 1]]
     assert cam_masks(cams, (2, 2), 0.4).tolist() == [[[False, True], [False, True]]]

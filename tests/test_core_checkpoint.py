@@ -366,3 +366,42 @@ def test_analyze_rejected_follows_the_rule(tmp_path, image):
     assert result.rejected == sorted(expected, key=lambda name: -result.probabilities[name])
     assert result.gap_threshold == pytest.approx(gap_threshold)
     assert result.class_average == pytest.approx(dict(zip(classes, averages, strict=True)), abs=1e-6)
+
+
+def test_resize_round_trips_and_old_or_unknown_values_read_as_they_should(tmp_path):
+    saved = save_checkpoint(_model(resize="letterbox"), tmp_path / "letterbox")
+    assert json.loads((saved / "config.json").read_text())["input"]["resize"] == "letterbox"
+    assert load_model(saved).resize == "letterbox"
+    assert load_model(save_checkpoint(_model(), tmp_path / "plain")).resize == "stretch"
+    config_path = saved / "config.json"
+    config = json.loads(config_path.read_text())
+    for old, expected in (("bilinear, whole image to image_size x image_size", "stretch"), (None, "stretch")):
+        config["input"]["resize"] = old  # what checkpoints wrote before letterboxing existed, or nothing
+        if old is None:
+            del config["input"]["resize"]
+        config_path.write_text(json.dumps(config))
+        assert load_model(saved).resize == expected
+    config["input"]["resize"] = "crop"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unknown input resize 'crop'"):
+        load_model(saved)
+    with pytest.raises(CheckpointError, match="unknown input resize 'crop'"):
+        save_checkpoint(_model(resize="crop"), tmp_path / "crop")
+
+
+def test_analyze_a_letterboxed_checkpoint_maps_back_to_the_image(tmp_path):
+    """A 32 x 16 image fits a 32 px letterbox input at scale 1, in rows 8..23 on grey. Its analysis by a
+    letterbox checkpoint is that of the grey canvas by a stretch checkpoint of the same weights, the maps
+    cut to rows 8..23: the same input, so the same logits, and the CAM where the image lies."""
+    wide = np.random.RandomState(1).randint(0, 256, size=(16, 32, 3)).astype(np.uint8)
+    canvas = np.full((32, 32, 3), 128, dtype=np.uint8)
+    canvas[8:24] = wide
+    letterbox = load_model(save_checkpoint(_model(resize="letterbox"), tmp_path / "letterbox"))
+    stretch = load_model(save_checkpoint(_model(), tmp_path / "stretch"))
+    boxed, whole = analyze(letterbox, wide, positive="dog"), analyze(stretch, canvas, positive="dog")
+    assert boxed.logits == whole.logits and boxed.masked_logits == whole.masked_logits
+    assert boxed.input_window == (0.0, 0.25, 1.0, 0.75) and whole.input_window == (0.0, 0.0, 1.0, 1.0)
+    assert boxed.cam.shape == boxed.mask.shape == (16, 32) and boxed.overlay.shape == (16, 32, 3)
+    assert np.allclose(boxed.cam, whole.cam[8:24], atol=1e-5)
+    assert np.array_equal(boxed.mask, boxed.cam > letterbox.cam_threshold)
+    assert np.array_equal(boxed.crop, wide[boxed.box[1]:boxed.box[3], boxed.box[0]:boxed.box[2]])

@@ -20,6 +20,8 @@ from spml.data import (
     weak_transform,
 )
 from spml.data.images import original_size
+from spml.data.scenes import compose_scene
+from spml.data.transforms import LETTERBOX_FILL, Letterbox, fit_box, input_region, input_window
 
 
 def _rgb_at(image, xy):
@@ -191,6 +193,27 @@ def test_broken_files(tmp_path):
         load_image(b"\x89PNG garbage")
     with pytest.raises(ImageLoadError, match="truncated or corrupt"):
         load_image(Image.open(io.BytesIO(data[: len(data) // 2])))
+
+
+def test_letterbox_fits_the_image_whole_on_grey_and_says_where():
+    # 200 x 100 into 64 x 64: scale 0.32, 64 x 32, centred: rows 16..47.
+    assert fit_box(200, 100, 64, 64) == (0, 16, 64, 48) and fit_box(100, 200, 64, 64) == (16, 0, 48, 64)
+    assert input_region(200, 100, 64, "letterbox") == (0, 16, 64, 48)
+    assert input_region(200, 100, 64, "stretch") == (0, 0, 64, 64)
+    assert input_window(200, 100, 64, "letterbox") == (0.0, 0.25, 1.0, 0.75)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8))
+    boxed = np.asarray(Letterbox(64)(image))
+    assert boxed.shape == (64, 64, 3)
+    assert (boxed[:16] == LETTERBOX_FILL).all() and (boxed[48:] == LETTERBOX_FILL).all()
+    assert np.array_equal(boxed[16:48], np.asarray(image.resize((64, 32), Image.BILINEAR)))
+    # A photo scene of one photo is its letterbox, so a letterboxed photo looks like the training scenes.
+    assert np.array_equal(boxed, np.asarray(compose_scene([image], 64)))
+    square = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    assert torch.equal(eval_transform(32, resize="letterbox")(square), eval_transform(32)(square))  # a no-op on squares
+    half = (0.5, 0.5, 0.5)  # the photos model's normalisation: its grey is ~0, what the masked pass blanks to
+    assert eval_transform(64, half, half, resize="letterbox")(image)[:, :16].abs().max() < 0.01
+    with pytest.raises(ValueError, match="unknown resize 'crop'; choose one of stretch, letterbox"):
+        eval_transform(64, resize="crop")
 
 
 def test_transforms():

@@ -87,16 +87,19 @@ def test_resume_with_other_settings_is_refused(tiny_world, tmp_path):
 
 def test_fp16_export_and_calibration_over_an_extra_data_set(tiny_world, tmp_path):
     extra = make_synthetic_dataset(tmp_path / "extra", seed=4, train=6, val=2, image_size=32, progress=False)
-    config = tiny_config(tiny_world, tmp_path / "run", "an", epochs=1, calibration_data=[str(extra)])
+    config = tiny_config(tiny_world, tmp_path / "run", "an", epochs=1, calibration_data=[str(extra)],
+                         resize="letterbox")
     fit(config)
     best = load_model(tmp_path / "run" / "best")
+    assert best.resize == "letterbox"  # the run's resize travels with its checkpoint
     # The statistics name both sources and count both train splits: 24 + 6 images.
     assert best.familiarity["data"] == f"{tiny_world} + {extra}" and best.familiarity["images"] == 30
     export_run(tmp_path / "run", tmp_path / "export", half=True)
     exported = load_file(str(tmp_path / "export" / "model.safetensors"))
     assert {tensor.dtype for tensor in exported.values() if tensor.is_floating_point()} == {torch.float16}
     half = load_model(tmp_path / "export")
-    assert half.familiarity == best.familiarity and half.network.head.weight.dtype == torch.float32
+    assert half.familiarity == best.familiarity and half.resize == "letterbox"
+    assert half.network.head.weight.dtype == torch.float32
     assert torch.equal(half.network.head.weight, best.network.head.weight.half().float())
 
 
@@ -197,6 +200,7 @@ def test_push_writes_a_model_card_to_a_folder(tiny_world, tmp_path, capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--loss", "nope"], "unknown loss 'nope'"),
     (["--arch", "vgg"], "unknown architecture 'vgg'"),
+    (["--resize", "crop"], "unknown resize 'crop'"),
     (["--device", "cuda"], "no CUDA GPU"),
 ])
 def test_clear_errors(tiny_world, tmp_path, capsys, argv, message, monkeypatch):

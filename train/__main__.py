@@ -23,6 +23,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--image-size", type=int)
+    parser.add_argument("--resize", help="how an image becomes the square input: stretch (the paper's) or letterbox "
+                        "(fit whole on grey); the checkpoint carries it to the app and the audit")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--warmup-epochs", type=int, help="CALR epochs before rejection starts")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
@@ -51,8 +53,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     from train.engine import export_run, fit
 
     overrides = {key: getattr(args, key) for key in (
-        "data", "loss", "arch", "out", "epochs", "batch_size", "image_size", "lr", "warmup_epochs", "pretrained",
-        "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad", "single_positive",
+        "data", "loss", "arch", "out", "epochs", "batch_size", "image_size", "resize", "lr", "warmup_epochs",
+        "pretrained", "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad", "single_positive",
         "expected_positives")}
     config = load_config(args.config, overrides)
     if config.synthetic is not None and not (Path(config.data) / "classes.txt").is_file():
@@ -97,7 +99,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if dataset.classes != model.classes:
         raise ValueError(f"the data set's classes ({len(dataset.classes)}) differ from the checkpoint's "
                          f"({len(model.classes)}); evaluate on the data set the model was trained for")
-    config = TrainConfig(data=args.data, out="-", image_size=model.image_size, batch_size=args.batch_size,
+    config = TrainConfig(data=args.data, out="-", image_size=model.image_size, resize=model.resize,
+                         batch_size=args.batch_size,
                          workers=args.workers, amp=device.type == "cuda", channels_last=False)
     split = dataset.split(args.split)
     value = evaluate(model.network, split, config, device)

@@ -5,7 +5,8 @@ On a data set made by ``train prepare photos`` (scenes in ``DATA``, the plain ph
 - each checkpoint's scene mAP on the val scenes at every ``--sizes`` (the app may analyse at a larger
   size than the model trained at: a scene of four photos at 448 px shows each photo at 224 px), and its
   top-1 on the val photos (the argmax over classes, each photo having one label) at its own size, the photo
-  squeezed to a square as the app sees it, and fitted whole on grey (letterboxed) as in a scene of one photo;
+  brought to the square input in each way (``stretch``: squeezed; ``letterbox``: fitted whole on grey, as in a
+  scene of one photo), ``photo_top1`` being the checkpoint's own (its ``input.resize``, what the app does);
 - the anchor: the ImageNet features of the same backbone (EfficientNet-Lite0, global average pooled,
   1280 values), a scikit-learn logistic regression fitted on the single training photos, scored the same
   way: top-1 on the val photos, scene mAP at every size from its per-class decision values and from its
@@ -25,13 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torchvision import transforms as T
 from tqdm import tqdm
 
 from spml.checkpoint import LoadedModel, load_model
 from spml.data import ImageDataset, Split, eval_transform, load_dataset
-from spml.data.scenes import compose_scene
-from spml.data.transforms import input_normalization
+from spml.data.transforms import RESIZE_MODES, input_normalization
 from spml.metrics import mean_average_precision
 from spml.model import SPMLModel, create_model
 from spml.runtime import atomic_write_text
@@ -41,13 +40,9 @@ ANCHOR_C = (0.1, 1.0, 10.0)
 
 
 def _loader(split: Split, image_size: int, network: SPMLModel, batch_size: int, workers: int,
-            letterbox: bool = False) -> DataLoader:
-    """The evaluation view: each image squeezed to a square (as the app sees it), or with ``letterbox`` fitted
-    whole on grey as a scene of one photo is (aspect kept)."""
-    transform = eval_transform(image_size, *input_normalization(network))
-    if letterbox:
-        transform = T.Compose([lambda image: compose_scene([image], image_size), transform])
-    dataset = ImageDataset(split, transform)
+            resize: str = "stretch") -> DataLoader:
+    """The evaluation view, each image brought to the square input by ``resize``."""
+    dataset = ImageDataset(split, eval_transform(image_size, *input_normalization(network), resize))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
@@ -76,13 +71,14 @@ def checkpoint_figures(model: LoadedModel, scenes: Split, photos: Split, sizes: 
     for size in sizes:
         scores, labels = predict(model.network, _loader(scenes, size, model.network, batch_size, workers), device)
         figures[f"scene_map_{size}"] = mean_average_precision(scores, labels)
-    scores, labels = predict(model.network, _loader(photos, model.image_size, model.network, batch_size, workers),
-                             device)
-    figures["photo_top1"] = top1(scores, labels)
-    figures["photo_errors"] = photo_errors(scores, labels, photos, model.classes)
-    scores, labels = predict(model.network, _loader(photos, model.image_size, model.network, batch_size, 0,
-                                                    letterbox=True), device)
-    figures["photo_top1_letterboxed"] = top1(scores, labels)
+    figures["resize"] = model.resize
+    for resize in RESIZE_MODES:
+        loader = _loader(photos, model.image_size, model.network, batch_size, workers, resize)
+        scores, labels = predict(model.network, loader, device)
+        figures[f"photo_top1_{resize}"] = top1(scores, labels)
+        if resize == model.resize:
+            figures["photo_top1"] = figures[f"photo_top1_{resize}"]
+            figures["photo_errors"] = photo_errors(scores, labels, photos, model.classes)
     return figures
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from spml.cam import CAM_NORMS
+from spml.data.transforms import check_resize
 from spml.losses import LOSS_NAMES
 from spml.losses.calr import CALR_DEFAULTS, REFERENCE_OPTIONS
 from spml.model import ARCHITECTURES
@@ -29,6 +30,9 @@ class TrainConfig:
     epochs: int = 25
     batch_size: int = 16  # the global batch: under torchrun each process loads batch_size / world size
     image_size: int = 448
+    # How an image becomes the square input (spml.data.transforms): stretch (the paper's) or letterbox
+    # (fit whole on grey, as the photo scenes place their photos); the checkpoint carries it to the app.
+    resize: str = "stretch"
     optimizer: str = "adam"  # adam | adamw
     lr: float = 1e-5
     head_lr_multiplier: float = 10.0
@@ -77,6 +81,7 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adamw")
         if self.schedule not in ("none", "onecycle"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose none or onecycle")
+        check_resize(self.resize)
         if self.cam_norm not in CAM_NORMS:
             raise ValueError(f"unknown cam_norm {self.cam_norm!r}; choose one of {', '.join(CAM_NORMS)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

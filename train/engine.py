@@ -240,8 +240,8 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
     if config.init_from and not state_path.is_file():
         initialize_from(config.init_from, network, objective, dataset.classes)
     mean, std = input_normalization(network)
-    train_set = ImageDataset(train_split, weak_transform(config.image_size, mean, std),
-                             strong_transform(config.image_size, mean, std)
+    train_set = ImageDataset(train_split, weak_transform(config.image_size, mean, std, config.resize),
+                             strong_transform(config.image_size, mean, std, config.resize)
                              if objective.needs_strong_view else None)
     source = SkipBrokenImages(train_set) if config.skip_bad else train_set
     sampler = DistributedSampler(source, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -344,7 +344,7 @@ def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresho
     mean, std = input_normalization(network)
     return LoadedModel(network=network, classes=list(classes), image_size=config.image_size, mean=mean,
                        std=std, cam_norm=config.cam_norm, cam_threshold=config.cam_threshold,
-                       thresholds=thresholds, training=training)
+                       thresholds=thresholds, training=training, resize=config.resize)
 
 
 def _finish(config: TrainConfig, test_split: Split | None, state: RunState, device: torch.device,

@@ -178,7 +178,7 @@ def predict(network: nn.Module, loader: DataLoader, device: torch.device, amp: b
 def evaluate(network: nn.Module, split: Split, config: TrainConfig, device: torch.device,
              info: DistInfo = DistInfo()) -> float:
     """Clean-label mAP of ``network`` on ``split``; under DDP each rank scores a shard."""
-    dataset = ImageDataset(split, eval_transform(config.image_size, *input_normalization(network)))
+    dataset = ImageDataset(split, eval_transform(config.image_size, *input_normalization(network), config.resize))
     indices = list(range(info.rank, len(dataset), info.world_size))
     source = SkipBrokenImages(dataset) if config.skip_bad else dataset
     loader = DataLoader(Subset(source, indices), batch_size=config.eval_batch_size or config.batch_size,

@@ -123,7 +123,8 @@ def cam_gallery(result: AnalysisResult, classes: list[str]) -> list[tuple[np.nda
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     thumbnail = np.asarray(Image.fromarray(result.image).resize(size, Image.Resampling.BILINEAR))
     indices = torch.tensor([result.classes.index(name) for name in classes])
-    maps = upsample_maps(torch.from_numpy(result.class_maps)[indices], (size[1], size[0])).clamp(0, 1).numpy()
+    maps = upsample_maps(torch.from_numpy(result.class_maps)[indices], (size[1], size[0]),
+                         result.input_window).clamp(0, 1).numpy()
     # One overlay of the maps stacked one above the other (one colour-map call, not one per class).
     stacked = heatmap_overlay(np.tile(thumbnail, (len(classes), 1, 1)), maps.reshape(-1, maps.shape[-1]))
     return [(overlay, f"{name} {result.probabilities[name]:.2f}")

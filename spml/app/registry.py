@@ -254,6 +254,7 @@ def describe_checkpoint(key: str, model: LoadedModel) -> str:
     link = hub_link(key)
     return (
         f"**Loaded:** `{key}` — {arch}, {len(model.classes)} classes, {model.image_size} px input"
+        f"{' (the image fitted whole, on grey)' if model.resize == 'letterbox' else ''}"
         f"{f' ([on the Hub]({link}))' if link else ''}.  \n"
         f"**Trained on** {trained}{f' ({recipe})' if recipe else ''}.  \n"
         f"**Measured:** {', '.join(scores) if scores else 'no mAP recorded in this checkpoint'}.  \n"

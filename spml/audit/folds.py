@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision import transforms as T
 
 from spml.checkpoint import LoadedModel, load_model
 
@@ -51,6 +52,13 @@ class FoldModels:
     @property
     def std(self) -> tuple[float, float, float]:
         return self.models[0].std
+
+    @property
+    def resize(self) -> str:
+        return self.models[0].resize
+
+    def input_transform(self) -> T.Compose:
+        return self.models[0].input_transform()
 
     @property
     def device(self) -> torch.device:
@@ -94,10 +102,10 @@ def load_fold_models(run: str | Path, device: torch.device | str = "cpu") -> Fol
         models.append(load_model(best, device=device))
     first = models[0]
     for index, model in enumerate(models[1:], start=1):
-        if (model.classes, model.image_size, model.mean, model.std) != (first.classes, first.image_size, first.mean,
-                                                                        first.std):
-            raise ValueError(f"{run}: fold {index}'s checkpoint differs from fold 0's in classes, input size "
-                             "or normalisation")
+        if (model.classes, model.image_size, model.mean, model.std, model.resize) != (
+                first.classes, first.image_size, first.mean, first.std, first.resize):
+            raise ValueError(f"{run}: fold {index}'s checkpoint differs from fold 0's in classes, input size, "
+                             "normalisation or resize")
     return FoldModels(models=models, folds=folds, source=str(run))
 
 

@@ -43,7 +43,6 @@ from spml.audit.scoring import SCORE_FORMULA, SCORE_VERSION, batch_evidence, can
 from spml.checkpoint import LoadedModel
 from spml.data.dataset import ImageDataset, SkipBrokenImages, collate_skipping_broken
 from spml.data.generic import SEPARATOR, Split, load_dataset
-from spml.data.transforms import eval_transform
 from spml.runtime import atomic_write_text, close_distributed, init_distributed
 
 _SEND_BYTES = 16 << 20  # chunk of a part file sent to rank 0 where it cannot read it
@@ -187,7 +186,7 @@ def _audit_shard(model: LoadedModel | FoldModels, split: Split, shard: _Shard, r
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     done = shard.state["batches_done"]
     images_done = sum(len(batch) for batch in batches[:done])
-    items = SkipBrokenImages(ImageDataset(split, eval_transform(model.image_size, model.mean, model.std)))
+    items = SkipBrokenImages(ImageDataset(split, model.input_transform()))
     loader = DataLoader(items, batch_sampler=batches[done:], num_workers=workers, collate_fn=collate_skipping_broken)
     device = model.device
     bar = tqdm(total=len(indices), initial=images_done, unit="img", desc=f"audit {split.name}",

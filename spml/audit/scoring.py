@@ -50,6 +50,7 @@ import torch
 
 from spml.audit.review import ReviewError
 from spml.cam import (
+    Window,
     apply_masks,
     cam_boxes,
     crop_to_box,
@@ -64,7 +65,7 @@ from spml.cam import (
 from spml.checkpoint import LoadedModel
 from spml.data.generic import SEPARATOR, split_names
 from spml.data.images import load_image, original_size
-from spml.data.transforms import eval_transform
+from spml.data.transforms import input_region, input_window
 from spml.metrics import sigmoid
 from spml.rejection import logit_gap, rejection_mask
 
@@ -103,14 +104,21 @@ class BatchEvidence:
     maps: torch.Tensor | None = None  # (B, C, h, w) raw class maps, kept only for display
 
 
-def _to_own_pixels(boxes: torch.Tensor, input_size: int, sizes: torch.Tensor) -> torch.Tensor:
-    """Boxes (..., 4) in input pixels to the image's own (width, height) ``sizes`` (B, 2), scaled
-    outwards to whole pixels (floor for left/top, ceil for right/bottom); empty boxes stay -1."""
-    scale = sizes.to(boxes.device)[:, [0, 1, 0, 1]].reshape(sizes.shape[0], *([1] * (boxes.dim() - 2)), 4)
-    low = torch.div(boxes * scale, input_size, rounding_mode="floor")
-    high = -torch.div(-boxes * scale, input_size, rounding_mode="floor")
-    own = torch.cat([low[..., :2], high[..., 2:]], dim=-1)
-    return torch.where(boxes < 0, torch.full_like(own, -1), own)
+def _to_own_pixels(boxes: torch.Tensor, regions: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Boxes (B, ..., 4) in input pixels to the images' own pixels: ``regions`` (B, 4) are the input pixels
+    each image fills (``spml.data.transforms.input_region``), ``sizes`` (B, 2) their own (width, height).
+    Scaled outwards to whole pixels (floor for left/top, ceil for right/bottom) and clipped to the image;
+    empty boxes, and boxes wholly outside the image (on a letterbox's grey), are -1."""
+    shape = (sizes.shape[0], *([1] * (boxes.dim() - 2)), 4)
+    origin = regions.to(boxes.device)[:, [0, 1, 0, 1]].reshape(shape)
+    extent = (regions[:, 2:] - regions[:, :2]).to(boxes.device)[:, [0, 1, 0, 1]].reshape(shape)
+    own = sizes.to(boxes.device)[:, [0, 1, 0, 1]].reshape(shape)
+    shifted = (boxes - origin) * own
+    low = torch.div(shifted, extent, rounding_mode="floor")
+    high = -torch.div(-shifted, extent, rounding_mode="floor")
+    mapped = torch.minimum(torch.cat([low[..., :2], high[..., 2:]], dim=-1).clamp_min(0), own)
+    empty = (boxes < 0).any(dim=-1, keepdim=True) | (mapped[..., 2:] <= mapped[..., :2]).any(dim=-1, keepdim=True)
+    return torch.where(empty, torch.full_like(mapped, -1), mapped)
 
 
 @torch.inference_mode()
@@ -139,8 +147,9 @@ def batch_evidence(model: LoadedModel, images: torch.Tensor, observed: torch.Ten
     batch, classes = maps.shape[:2]
     suspect_boxes = cam_boxes(maps.flatten(0, 1), size, model.cam_threshold).reshape(batch, classes, 4)
     if sizes is not None:
-        suspect_boxes = _to_own_pixels(suspect_boxes, size[1], sizes)
-        positive_boxes = _to_own_pixels(positive_boxes, size[1], sizes)
+        regions = torch.tensor([input_region(int(w), int(h), size[1], model.resize) for w, h in sizes.tolist()])
+        suspect_boxes = _to_own_pixels(suspect_boxes, regions, sizes)
+        positive_boxes = _to_own_pixels(positive_boxes, regions, sizes)
     if model.thresholds is not None:
         rejected = rejection_mask(logits, masked_logits, observed, model.thresholds.gap_threshold_tensor,
                                   model.thresholds.class_average)
@@ -194,9 +203,10 @@ def candidate_values(evidence: BatchEvidence, row: int, c: int) -> dict[str, Any
     }
 
 
-def _display_map(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """A raw (h, w) map normalised per image and upsampled to ``size`` (H, W), for display."""
-    return upsample_maps(normalize_cams(raw[None].float(), "image"), size)[0].numpy()
+def _display_map(raw: torch.Tensor, size: tuple[int, int], window: Window) -> np.ndarray:
+    """A raw (h, w) map normalised per image, its ``window`` (the part of the input the image fills)
+    upsampled to ``size`` (H, W), for display."""
+    return upsample_maps(normalize_cams(raw[None].float(), "image"), size, window)[0].numpy()
 
 
 def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, row: dict[str, Any]) -> dict[str, Any]:
@@ -234,19 +244,20 @@ def suspect_evidence(model: LoadedModel | FoldModels, dataset_root: str | Path, 
         observed[0, loaded.classes.index(positive)] = 1
     image = load_image(path)
     own = original_size(image)
-    tensor = eval_transform(loaded.image_size, loaded.mean, loaded.std)(image)[None].to(loaded.device)
+    tensor = loaded.input_transform()(image)[None].to(loaded.device)
     evidence = batch_evidence(loaded, tensor, observed.to(loaded.device), torch.tensor([own]), keep_maps=True)
     values = candidate_values(evidence, 0, loaded.classes.index(name))
     picture = np.asarray(image)
     shown = picture.shape[:2]
     maps = evidence.maps[0]
-    suspect_cam = _display_map(maps[loaded.classes.index(name)], shown)
+    window = input_window(picture.shape[1], picture.shape[0], loaded.image_size, loaded.resize)
+    suspect_cam = _display_map(maps[loaded.classes.index(name)], shown, window)
     positive_cam = None
     region = np.ones(shown, dtype=bool)
     if positives:
         # Several positives: the union of their regions, each map normalised and thresholded on its
         # own (as spml.cam.positive_masks), is the region of their pixel-wise maximum.
-        positive_cam = np.max([_display_map(maps[loaded.classes.index(n)], shown) for n in positives], axis=0)
+        positive_cam = np.max([_display_map(maps[loaded.classes.index(n)], shown, window) for n in positives], axis=0)
         region = positive_cam > loaded.cam_threshold
     shown_box = mask_box(region) if positives else None
     return {

@@ -30,7 +30,7 @@ from torch import nn
 
 from spml.checkpoint import LoadedModel, load_model
 from spml.data.synthetic import render_scene
-from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from spml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spml.inference import optimize_for_inference
 from spml.inspect import analyze
 from spml.model import create_model
@@ -86,7 +86,7 @@ def bench_model(name: str, model: LoadedModel, rounds: int, warmup: int, gradcam
 
     size = model.image_size
     picture, _, _ = render_scene(0, "test", 0, size)  # an S x S image: the app's resize is then a no-op
-    inputs = eval_transform(size, model.mean, model.std)(picture)[None]
+    inputs = model.input_transform()(picture)[None]
     optimized = copy.copy(model)
     optimized.network = optimize_for_inference(copy.deepcopy(model.network))
     with torch.inference_mode():

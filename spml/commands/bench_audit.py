@@ -28,7 +28,6 @@ from spml.checkpoint import LoadedModel, load_model
 from spml.data.dataset import ImageDataset
 from spml.data.generic import load_dataset
 from spml.data.synthetic import make_synthetic_dataset
-from spml.data.transforms import eval_transform
 from spml.model import create_model
 from spml.rejection import RunningThresholds
 
@@ -55,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 @torch.inference_mode()
 def plain_inference(model: LoadedModel, root: Path, split: str, batch_size: int, workers: int) -> int:
     """Probabilities of every image of the split, batched: the baseline the audit is compared with."""
-    images = ImageDataset(load_dataset(root).split(split), eval_transform(model.image_size, model.mean, model.std))
+    images = ImageDataset(load_dataset(root).split(split), model.input_transform())
     count = 0
     for batch in DataLoader(images, batch_size=batch_size, num_workers=workers):
         torch.sigmoid(model.network(batch["image"].to(model.device)).logits).cpu()

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from spml.data.images import IMAGE_SUFFIXES
 from spml.data.protocol import sample_single_positive
+from spml.data.transforms import LETTERBOX_FILL, paste_fitted
 from spml.data.writer import Row, check_writable, link_images, render_dataset, write_rendered
 from spml.runtime import atomic_write_text
 
@@ -35,7 +36,7 @@ LAYOUTS: dict[int, tuple[Box, ...]] = {
 }
 # Share of scenes with 1, 2, 3 and 4 photos (the default mix).
 DEFAULT_MIX = (0.2, 0.3, 0.2, 0.3)
-BACKGROUND = (128, 128, 128)  # a mid grey: what a photo does not fill in its cell
+BACKGROUND = LETTERBOX_FILL  # what a photo does not fill in its cell: the letterbox's grey
 SCENES_FOLDER = "scenes"
 PHOTOS_FOLDER = "photos"
 SOURCES_FILE = "sources.json"
@@ -107,11 +108,8 @@ def compose_scene(photos: Sequence[Image.Image], size: int) -> Image.Image:
         raise ValueError(f"a scene holds 1 to {len(LAYOUTS)} photos, got {len(photos)}")
     canvas = Image.new("RGB", (size, size), BACKGROUND)
     for photo, (left, top, right, bottom) in zip(photos, LAYOUTS[len(photos)], strict=True):
-        x0, y0, x1, y1 = (round(v * size) for v in (left, top, right, bottom))
-        scale = min((x1 - x0) / photo.width, (y1 - y0) / photo.height)
-        width, height = max(1, round(photo.width * scale)), max(1, round(photo.height * scale))
-        fitted = photo.convert("RGB").resize((width, height), Image.BILINEAR)
-        canvas.paste(fitted, (x0 + (x1 - x0 - width) // 2, y0 + (y1 - y0 - height) // 2))
+        cell = (round(left * size), round(top * size), round(right * size), round(bottom * size))
+        paste_fitted(canvas, photo, cell)
     return canvas
 
 

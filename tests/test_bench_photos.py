@@ -64,6 +64,9 @@ def test_checkpoint_and_anchor_figures(photo_set, capsys):
     errors = figures["photo_errors"]
     assert errors["count"] == len(errors["photos"]) == sum(errors["pairs"].values())
     assert figures["photo_top1"] == pytest.approx(100.0 * (val_photos - errors["count"]) / val_photos)
+    # Its own resize (stretch) gives photo_top1; the photos are wider than high, so letterboxing them differs.
+    assert figures["resize"] == "stretch" and figures["photo_top1"] == figures["photo_top1_stretch"]
+    assert 0.0 <= figures["photo_top1_letterbox"] <= 100.0
     for wrong in errors["photos"]:
         assert wrong["true"] != wrong["predicted"] and wrong["photo"].endswith(".png")
     anchor = result["anchor"]
@@ -74,3 +77,22 @@ def test_checkpoint_and_anchor_figures(photo_set, capsys):
         assert {"scene_map_64", "scene_map_64_softmax", "scene_map_224", "scene_map_224_softmax"} <= set(row)
         assert 0.0 <= row["photo_top1"] <= 100.0
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_bench_cleanlab_photos_world_is_scenes_of_two_to_four_photos_on_the_photo_backbone(photo_set, tmp_path):
+    """bench-cleanlab's real-photo world: scenes of 2 to 4 photos (so every scene has hidden labels), one
+    positive each, trained as bench-method's photos-several world; an unknown world is named."""
+    from train.bench_cleanlab import _config, make_world
+
+    args = argparse.Namespace(photos=photo_set / "photos", seed=0, train=10, val=4)
+    root = make_world(tmp_path, "photos", args)
+    train = load_dataset(root).split("train")
+    assert len(train.images) == 10 and set(train.labels.sum(axis=1).tolist()) <= {2, 3, 4}
+    assert (train.observed == 1).sum(axis=1).tolist() == [1] * 10 and train.has_hidden_labels
+    assert make_world(tmp_path, "photos", args) == root  # made once
+    config = _config(args, root, tmp_path / "run", "calr", "photos")
+    assert (config.arch, config.pretrained, config.image_size, config.resize, config.epochs, config.warmup_epochs) \
+        == ("efficientnet_lite0", True, 160, "letterbox", 6, 2)
+    assert config.arch_options == {"frozen_stages": 5} and config.loss_options["bias_correction"] is True
+    with pytest.raises(ValueError, match="unknown world 'shapes'"):
+        make_world(tmp_path, "shapes", args)

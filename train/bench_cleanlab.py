@@ -2,10 +2,13 @@
 not a pass/fail test).
 
 On a small synthetic world (single positives, and partial labels where the data set reader takes
-several positives), models are trained by CALR and by AN, once on the whole training split (in-sample:
-the audited images are the training images) and cross-fitted with ``--folds K`` (out-of-sample: every
-training image scored by the model that never saw it). Every training image's unannotated (image,
-class) pairs are then ranked, against the hidden labels (those left out of ``positive``), by:
+several positives), or on scenes of 2 to 4 real photos (``photos``: ``train prepare photos`` from
+``--photos``, one protocol-drawn positive, trained as bench-method's photo worlds: the photos model's
+pretrained EfficientNet-Lite0, 160 px), models are trained by CALR and by AN, once on the whole
+training split (in-sample: the audited images are the training images) and cross-fitted with
+``--folds K`` (out-of-sample: every training image scored by the model that never saw it). Every
+training image's unannotated (image, class) pairs are then ranked, against the hidden labels (those
+left out of ``positive``), by:
 
 - ``audit``: the audit score (``spml audit``, CAM evidence);
 - ``probability``: sigmoid(z) of the class;
@@ -44,10 +47,15 @@ from spml.audit import FoldModels, audit_dataset, load_audit_model
 from spml.checkpoint import LoadedModel
 from spml.data.dataset import ImageDataset
 from spml.data.generic import load_dataset
+from spml.data.scenes import make_photo_scenes
 from spml.data.synthetic import make_synthetic_dataset
-from spml.data.transforms import eval_transform
 from spml.metrics import average_precision, precision_recall_at_k, roc_auc
+from train.bench_method.worlds import DEFAULT_PHOTOS, PHOTO_WORLDS
 from train.config import TrainConfig
+
+WORLDS = ("single", "partial", "photos")
+PHOTO_WORLD = PHOTO_WORLDS["photos-several"]
+PHOTO_MIX = PHOTO_WORLD.world.mix  # scenes of 2 to 4 photos: one positive each, the others hidden
 
 
 def add_bench_cleanlab_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,16 +69,22 @@ def add_bench_cleanlab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=float, default=0.5,
                         help="partial-label world: each true label is kept with this probability (at least one)")
     parser.add_argument("--losses", default="calr,an")
-    parser.add_argument("--worlds", default="single,partial")
+    parser.add_argument("--worlds", default="single,partial", help=f"of {', '.join(WORLDS)}")
+    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="the image folder of the photos world")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
 
 
 def make_world(work: Path, kind: str, args: argparse.Namespace) -> Path:
-    """The ``single`` or ``partial`` synthetic world under ``work`` (made once)."""
+    """The ``single`` or ``partial`` synthetic world, or the ``photos`` world, under ``work`` (made once)."""
+    if kind not in WORLDS:
+        raise ValueError(f"unknown world {kind!r}; choose of {', '.join(WORLDS)}")
     root = work / f"world-{kind}"
-    if not (root / "classes.txt").is_file():
+    if kind == "photos" and not (root / "classes.txt").is_file():
+        make_photo_scenes(args.photos, root, seed=args.seed, train=args.train, val=args.val,
+                          image_size=PHOTO_WORLD.image_size, mix=PHOTO_MIX, progress=False)
+    elif not (root / "classes.txt").is_file():
         # The synthetic world writes its positive column: the protocol's single positive, or (partial)
         # each true label kept with probability --keep, at least one.
         make_synthetic_dataset(root, seed=args.seed, train=args.train, val=args.val, test=0,
@@ -79,11 +93,21 @@ def make_world(work: Path, kind: str, args: argparse.Namespace) -> Path:
     return root
 
 
-def _config(args: argparse.Namespace, data: Path, out: Path, loss: str) -> TrainConfig:
+def _config(args: argparse.Namespace, data: Path, out: Path, loss: str, world: str) -> TrainConfig:
+    loss_options = {"bias_correction": True} if loss == "calr" else {}
+    if world == "photos":  # bench-method's photos-several world: the same backbone, size and budget
+        backbone = PHOTO_WORLD.backbone
+        return TrainConfig(data=str(data), out=str(out), loss=loss, arch=backbone.arch,
+                           arch_options=dict(backbone.options), pretrained=backbone.pretrained,
+                           epochs=PHOTO_WORLD.epochs, batch_size=PHOTO_WORLD.batch_size,
+                           image_size=PHOTO_WORLD.image_size, resize="letterbox", lr=backbone.lr,
+                           head_lr_multiplier=backbone.head_lr_multiplier, warmup_epochs=PHOTO_WORLD.warmup_epochs,
+                           channels_last=backbone.channels_last, device="cpu", workers=0, seed=args.seed,
+                           loss_options=loss_options).validate()
     return TrainConfig(data=str(data), out=str(out), loss=loss, arch="compact", arch_options={"width": args.width},
                        pretrained=False, epochs=args.epochs, batch_size=32, image_size=args.image_size, lr=1e-3,
                        head_lr_multiplier=1.0, warmup_epochs=min(3, args.epochs - 1), device="cpu", workers=0,
-                       seed=args.seed, loss_options={"bias_correction": True} if loss == "calr" else {}).validate()
+                       seed=args.seed, loss_options=loss_options).validate()
 
 
 @torch.inference_mode()
@@ -93,7 +117,7 @@ def probabilities(model: LoadedModel | FoldModels, root: Path) -> np.ndarray:
     split = load_dataset(root).split("train")
     relative = [path.relative_to(root.resolve()).as_posix() for path in split.images]
     models = model.models if isinstance(model, FoldModels) else [model]
-    items = ImageDataset(split, eval_transform(model.image_size, model.mean, model.std))
+    items = ImageDataset(split, model.input_transform())
     out = np.zeros((len(split), len(model.classes)))
     for batch in DataLoader(items, batch_size=64):
         indices = batch["index"].numpy()
@@ -176,8 +200,8 @@ def run_one(args: argparse.Namespace, work: Path, root: Path, world: str, loss: 
 
     results = []
     in_run, out_run = work / f"run-{world}-{loss}", work / f"folds-{world}-{loss}"
-    summary = fit(_config(args, root, in_run, loss))
-    folds = fit_folds(_config(args, root, out_run, loss), args.folds)["trained"]
+    summary = fit(_config(args, root, in_run, loss, world))
+    folds = fit_folds(_config(args, root, out_run, loss, world), args.folds)["trained"]
     val_map = {"in-sample": summary["best_val_map"],  # the folds': their mean
                "out-of-sample": float(np.mean([fold["best_val_map"] for fold in folds.values()]))}
     for sample, checkpoint in (("in-sample", in_run / "best"), ("out-of-sample", out_run)):

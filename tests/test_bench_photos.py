@@ -96,3 +96,23 @@ def test_bench_cleanlab_photos_world_is_scenes_of_two_to_four_photos_on_the_phot
     assert config.arch_options == {"frozen_stages": 5} and config.loss_options["bias_correction"] is True
     with pytest.raises(ValueError, match="unknown world 'shapes'"):
         make_world(tmp_path, "shapes", args)
+
+
+def test_bench_cleanlab_runs_end_to_end_on_a_tiny_world(tmp_path, capsys):
+    """The whole command on a tiny synthetic world (AN, 2 folds): results.json holds the in-sample and the
+    out-of-sample results, every ranking's figures in range, and the settings as written JSON."""
+    from train.bench_cleanlab import add_bench_cleanlab_arguments, run_bench_cleanlab
+
+    parser = argparse.ArgumentParser()
+    add_bench_cleanlab_arguments(parser)
+    args = parser.parse_args(["--work", str(tmp_path), "--train", "24", "--val", "8", "--image-size", "32",
+                              "--width", "8", "--epochs", "2", "--folds", "2", "--losses", "an", "--worlds",
+                              "single", "--threads", "1"])
+    assert run_bench_cleanlab(args) == 0
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["world"], r["loss"], r["sample"]) for r in payload["results"]] == [
+        ("single", "an", "in-sample"), ("single", "an", "out-of-sample")]
+    for result in payload["results"]:
+        for figures in (result["pairs"]["audit"], result["pairs"]["probability"]):
+            assert 0.0 <= figures["ap"] <= 1.0 and 0.0 <= figures["auroc"] <= 1.0
+    assert payload["settings"]["photos"] == str(args.photos) and "| single | an |" in capsys.readouterr().out

@@ -252,7 +252,8 @@ def run_bench_cleanlab(args: argparse.Namespace) -> int:
     for world, loss in tqdm(jobs, desc="bench-cleanlab", unit="model"):
         results.extend(run_one(args, work, roots[world], world, loss))
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    settings = {key: value for key, value in vars(args).items() if key != "func"}
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+                if key != "func"}
     payload = {"results": results, "seconds": time.perf_counter() - started, "machine": machine, "settings": settings}
     (work / "results.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
     print("AP / AUROC / precision at the number of left-out labels; results.json has every ranking")

@@ -5,6 +5,7 @@ Nothing here ever unpickles: weights come from safetensors, everything else from
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -61,8 +62,9 @@ class LoadedModel:
         return self
 
     def input_transform(self) -> T.Compose:
-        """The evaluation view this checkpoint expects: to its square input by ``resize``, normalised."""
-        return eval_transform(self.image_size, self.mean, self.std, self.resize)
+        """The evaluation view this checkpoint expects: to its square input by ``resize``, normalised.
+        Built once per view, not per request."""
+        return _eval_view(self.image_size, tuple(self.mean), tuple(self.std), self.resize)
 
     def class_index(self, name: str) -> int:
         """The index of class ``name``; a ValueError that lists the classes when it is unknown."""
@@ -78,6 +80,11 @@ class LoadedModel:
         if self.familiarity is not None:
             config["familiarity"] = self.familiarity
         return config
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_view(size: int, mean: tuple[float, ...], std: tuple[float, ...], resize: str) -> T.Compose:
+    return eval_transform(size, mean, std, resize)
 
 
 def build_config(network: SPMLModel, classes: list[str], image_size: int, mean, std, cam_norm: str,

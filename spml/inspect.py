@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ from spml.cam import (
 from spml.checkpoint import LoadedModel
 from spml.data.generic import SEPARATOR, split_names
 from spml.data.images import ImageSource, load_image
-from spml.data.transforms import eval_transform, input_window
+from spml.data.transforms import input_window
 from spml.familiarity import statistics_of
 from spml.rejection import logit_gap, rejection_mask
 
@@ -96,13 +95,6 @@ def _resolve_positives(model: LoadedModel, positive: str | Sequence[str] | None,
     return [model.class_index(name) for name in names], True
 
 
-@functools.lru_cache(maxsize=8)
-def _transform(size: int, mean: tuple[float, ...], std: tuple[float, ...],
-               resize: str) -> Callable[[Image.Image], torch.Tensor]:
-    """The checkpoint's eval transform, built once per input size, normalisation and resize, not per request."""
-    return eval_transform(size, mean, std, resize)
-
-
 @torch.inference_mode()
 def analyze(
     model: LoadedModel,
@@ -128,7 +120,7 @@ def analyze(
     picture = load_image(image)
     rgb = np.asarray(picture, dtype=np.uint8)
     network, device = model.network, model.device
-    inputs = _transform(model.image_size, tuple(model.mean), tuple(model.std), model.resize)(picture)[None].to(device)
+    inputs = model.input_transform()(picture)[None].to(device)
 
     output = network(inputs)
     logits = output.logits[0].float()

@@ -96,14 +96,8 @@ def make_world(work: Path, kind: str, args: argparse.Namespace) -> Path:
 def _config(args: argparse.Namespace, data: Path, out: Path, loss: str, world: str) -> TrainConfig:
     loss_options = {"bias_correction": True} if loss == "calr" else {}
     if world == "photos":  # bench-method's photos-several world: the same backbone, size and budget
-        backbone = PHOTO_WORLD.backbone
-        return TrainConfig(data=str(data), out=str(out), loss=loss, arch=backbone.arch,
-                           arch_options=dict(backbone.options), pretrained=backbone.pretrained,
-                           epochs=PHOTO_WORLD.epochs, batch_size=PHOTO_WORLD.batch_size,
-                           image_size=PHOTO_WORLD.image_size, resize="letterbox", lr=backbone.lr,
-                           head_lr_multiplier=backbone.head_lr_multiplier, warmup_epochs=PHOTO_WORLD.warmup_epochs,
-                           channels_last=backbone.channels_last, device="cpu", workers=0, seed=args.seed,
-                           loss_options=loss_options).validate()
+        return PHOTO_WORLD.train_config(loss, loss_options, args.seed, data=str(data), out=str(out),
+                                        resize="letterbox", device="cpu").validate()
     return TrainConfig(data=str(data), out=str(out), loss=loss, arch="compact", arch_options={"width": args.width},
                        pretrained=False, epochs=args.epochs, batch_size=32, image_size=args.image_size, lr=1e-3,
                        head_lr_multiplier=1.0, warmup_epochs=min(3, args.epochs - 1), device="cpu", workers=0,

@@ -37,7 +37,6 @@ from train.bench_method.worlds import (
     WorldData,
     render_world,
 )
-from train.config import TrainConfig
 from train.engine import build_objective, build_optimizer, prepare_network
 from train.loop import expected_labels, predict, rejection_diagnostics, train_one_epoch
 
@@ -82,11 +81,7 @@ def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separabil
 
     loss, options = METHODS[method]
     backbone = spec.backbone
-    config = TrainConfig(data="-", out="-", loss=loss, arch=backbone.arch, arch_options=dict(backbone.options),
-                         pretrained=backbone.pretrained, epochs=spec.epochs, batch_size=spec.batch_size,
-                         image_size=spec.image_size, lr=backbone.lr, head_lr_multiplier=backbone.head_lr_multiplier,
-                         warmup_epochs=spec.warmup_epochs, loss_options=dict(options), workers=0, seed=seed, amp=False,
-                         channels_last=backbone.channels_last, log_every=10**9)
+    config = spec.train_config(loss, options, seed, data="-", out="-", amp=False, log_every=10**9)
     train_split = Split(name="train", source=Path("-"), classes=data.classes, images=[], rows=[],
                         labels=data.labels["train"], observed=data.observed, has_hidden_labels=True)
     device, info = torch.device("cpu"), DistInfo()

@@ -22,6 +22,7 @@ from spml.data.scenes import (
     split_photos,
 )
 from spml.data.synthetic import World, render_scene
+from train.config import TrainConfig
 
 # Where the real-photo worlds read their photos unless --photos says otherwise (beside the checkout).
 DEFAULT_PHOTOS = Path("../shared/photos/train")
@@ -85,6 +86,16 @@ class BenchWorld:
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.train / self.batch_size)
+
+    def train_config(self, loss: str, loss_options: dict[str, Any], seed: int, **settings: Any) -> TrainConfig:
+        """The trainer's configuration of a run on this world: its backbone, size and budget; ``settings``
+        add the rest (data and run folders, device, ...)."""
+        backbone = self.backbone
+        return TrainConfig(loss=loss, arch=backbone.arch, arch_options=dict(backbone.options),
+                           pretrained=backbone.pretrained, epochs=self.epochs, batch_size=self.batch_size,
+                           image_size=self.image_size, lr=backbone.lr, head_lr_multiplier=backbone.head_lr_multiplier,
+                           warmup_epochs=self.warmup_epochs, loss_options=dict(loss_options), workers=0, seed=seed,
+                           channels_last=backbone.channels_last, **settings)
 
     def describe(self) -> str:
         w = self.world

@@ -187,6 +187,21 @@ def test_photo_world_splits_by_photo_and_labels_each_scene_by_its_photos(tmp_pat
     assert all(w.world.mix[0] == 0 and w.backbone.pretrained for w in PHOTO_WORLDS.values())
 
 
+def test_a_run_resolves_calr_as_train_fit_does_so_the_gate_follows_the_backbone():
+    from train.bench_method.worlds import EXTRA_WORLDS, METHODS, PHOTO_WORLDS
+
+    def gate(world: BenchWorld, method: str) -> float:
+        return world.train_config(*METHODS[method], seed=0, data="-", out="-").loss_options["min_precision"]
+
+    scratch, imagenet = WORLDS["partial"], EXTRA_WORLDS["partial-pretrained"]
+    assert (scratch.world, scratch.labels) == (imagenet.world, imagenet.labels)  # the same scenes and labels
+    assert not scratch.backbone.pretrained and imagenet.backbone.pretrained
+    assert [gate(scratch, m) for m in ("calr", "calr-gated", "calr-no-gate")] == [0.65, 0.65, 0.0]
+    for world in (imagenet, PHOTO_WORLDS["photos-partial"]):
+        methods = ("calr", "calr-gated", "calr-no-gate", "calr-reference")
+        assert [gate(world, m) for m in methods] == [0.0, 0.65, 0.0, 0.0]
+
+
 def test_every_method_trains_on_a_photo_world_through_the_pretrained_backbone(tmp_path, monkeypatch):
     from train.bench_method import runner
     from train.bench_method.worlds import METHODS, PHOTO_BACKBONE, PhotoScenes

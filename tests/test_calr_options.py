@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from spml.losses import CALR, create_objective
-from spml.losses.calr import CALR_DEFAULTS, REFERENCE_OPTIONS
+from spml.losses.calr import CALR_DEFAULTS, PRETRAINED_MIN_PRECISION, REFERENCE_OPTIONS, calr_defaults
 from spml.model import create_model
 from spml.rejection import RunningThresholds, rejection_mask
 
@@ -252,11 +252,20 @@ def test_default_step_rejects_against_the_batch_own_statistics_after_one_step():
 def test_the_resolved_config_writes_out_which_calr_runs():
     from train.config import load_config
 
-    ours = load_config(None, {"data": "d", "out": "o", "loss": "calr"})
+    ours = load_config(None, {"data": "d", "out": "o", "loss": "calr", "pretrained": False})
     assert ours.loss_options == CALR_DEFAULTS
-    reference = load_config(None, {"data": "d", "out": "o", "loss": "calr", "loss_options": {"reference": True}})
-    assert reference.loss_options == {**REFERENCE_OPTIONS, "reference": True}
-    chosen = load_config(None, {"data": "d", "out": "o", "loss": "calr", "loss_options": {"ran_views": "weak"}})
+    # ImageNet weights (the trainer's default backbone): the same options with the gate off; a given one wins.
+    pretrained = load_config(None, {"data": "d", "out": "o", "loss": "calr"})
+    assert pretrained.pretrained and pretrained.loss_options == {**CALR_DEFAULTS, "min_precision": 0.0}
+    assert calr_defaults(reference=False, pretrained=True)["min_precision"] == PRETRAINED_MIN_PRECISION == 0.0
+    gated = load_config(None, {"data": "d", "out": "o", "loss": "calr", "loss_options": {"min_precision": 0.65}})
+    assert gated.loss_options["min_precision"] == 0.65
+    for pretrained_backbone in (False, True):  # the reference has no gate, whatever the backbone
+        reference = load_config(None, {"data": "d", "out": "o", "loss": "calr", "pretrained": pretrained_backbone,
+                                       "loss_options": {"reference": True}})
+        assert reference.loss_options == {**REFERENCE_OPTIONS, "reference": True}
+    chosen = load_config(None, {"data": "d", "out": "o", "loss": "calr", "pretrained": False,
+                                "loss_options": {"ran_views": "weak"}})
     assert chosen.loss_options == {**CALR_DEFAULTS, "ran_views": "weak"}  # an explicit option wins
     assert load_config(None, {"data": "d", "out": "o", "loss": "an"}).loss_options == {}
     # The objective built from the written-out options is the one the defaults give.
@@ -280,21 +289,27 @@ def test_rejection_hints_where_the_sweeps_saw_the_rule_cost_accuracy():
     def split(observed: np.ndarray, hidden: bool = False) -> Split:
         return Split("train", Path("-"), ["a", "b", "c"], [], [], labels, observed, hidden)
 
-    hints = rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16), split(several))
+    def config(**values) -> TrainConfig:  # resolved as train fit resolves it; from scratch unless said
+        return TrainConfig(**{"data": "d", "out": "o", "arch": "compact", "pretrained": False, "epochs": 8,
+                              **values}).validate()
+
+    hints = rejection_hints(config(loss="calr", batch_size=16), split(several))
     assert len(hints) == 1 and hints[0].startswith("2.0 annotated positives per training image and no label count")
     assert "--expected-positives" in hints[0]
     # A label count, given or from full labels, lets the probes estimate the precision: no hint.
-    assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16, expected_positives=3.0),
+    assert rejection_hints(config(loss="calr", batch_size=16, expected_positives=3.0), split(several)) == []
+    assert rejection_hints(config(loss="calr", batch_size=16), split(several, hidden=True)) == []
+    assert rejection_hints(config(loss="calr", batch_size=16), split(single)) == []
+    # No gate, nothing it could miss: ImageNet weights (ours leaves the gate off there), or the gate set to 0.
+    assert rejection_hints(config(loss="calr", arch="resnet18", pretrained=True, batch_size=16), split(several)) == []
+    assert rejection_hints(config(loss="calr", batch_size=16, loss_options={"min_precision": 0.0}),
                            split(several)) == []
-    assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16), split(several, hidden=True)) == []
-    assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=16), split(single)) == []
-    small = rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=4), split(single))
+    small = rejection_hints(config(loss="calr", batch_size=4), split(single))
     assert len(small) == 1 and small[0].startswith("batch 4:")
     # No advice where the rule never runs: another loss, or warm-up through the last epoch.
-    assert rejection_hints(TrainConfig(loss="an", epochs=8, batch_size=4), split(several)) == []
-    assert rejection_hints(TrainConfig(loss="calr", epochs=8, warmup_epochs=8, batch_size=4), split(several)) == []
-    assert rejection_hints(TrainConfig(loss="calr", epochs=8, batch_size=4, loss_options={"warmup_epochs": 9}),
-                           split(several)) == []
+    assert rejection_hints(config(loss="an", batch_size=4), split(several)) == []
+    assert rejection_hints(config(loss="calr", warmup_epochs=8, batch_size=4), split(several)) == []
+    assert rejection_hints(config(loss="calr", batch_size=4, loss_options={"warmup_epochs": 9}), split(several)) == []
 
 
 def _several_positives_batch():

@@ -281,6 +281,20 @@ def test_probes_estimate_the_rule_precision_in_metrics_and_the_log(tiny_partial_
     assert all(row["probes"] == "0" and row["estimated_precision"] == "" for row in rows)
 
 
+def test_an_imagenet_backbone_trains_ungated_and_says_so_plainly(tiny_partial_world, tmp_path, caplog):
+    """With ImageNet weights ours leaves the gate off (docs/method.md, "The gate and the backbone"): the
+    estimate of 0 that holds the gated rule off above does not stop this one, and a low estimate is a
+    note in the log, not a warning. The resolved config says which gate ran."""
+    with caplog.at_level("INFO", logger="train"):
+        fit(tiny_config(tiny_partial_world, tmp_path / "imagenet", arch="efficientnet_lite0", arch_options={},
+                        pretrained=True, expected_positives=1.0))
+    assert "min_precision: 0.0" in (tmp_path / "imagenet" / "config.yaml").read_text()
+    rows = read_metrics(tmp_path / "imagenet")
+    assert float(rows[0]["estimated_precision"]) == 0.0 and int(rows[1]["rejected"]) > 0
+    assert any("with ImageNet features the benchmark's ungated rule gained" in r.getMessage() for r in caplog.records)
+    assert not any(r.levelname == "WARNING" and "guessing" in r.getMessage() for r in caplog.records)
+
+
 def test_expected_positives_reaches_the_run_from_the_command_line(tiny_partial_world, tmp_path):
     run = tmp_path / "run"
     assert train_main(["fit", "--data", str(tiny_partial_world), "--out", str(run), "--loss", "calr",

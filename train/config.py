@@ -12,7 +12,7 @@ import yaml
 from spml.cam import CAM_NORMS
 from spml.data.transforms import check_resize
 from spml.losses import LOSS_NAMES
-from spml.losses.calr import CALR_DEFAULTS, REFERENCE_OPTIONS
+from spml.losses.calr import calr_defaults
 from spml.model import ARCHITECTURES
 
 
@@ -96,8 +96,9 @@ class TrainConfig:
                              "BatchNorm folds use each process's own statistics)")
         if self.loss == "calr":
             # Written out, so that config.yaml says which CALR ran, and a run made under other defaults is
-            # not resumed under these (the resume check compares the options).
-            defaults = REFERENCE_OPTIONS if self.loss_options.get("reference") else CALR_DEFAULTS
+            # not resumed under these (the resume check compares the options). The gate's default
+            # depends on the backbone's weights.
+            defaults = calr_defaults(bool(self.loss_options.get("reference")), self.pretrained)
             self.loss_options = {**defaults, **self.loss_options}
         return self
 

@@ -330,7 +330,7 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
                              "min_precision %g", estimate, objective.min_precision)
                 if estimate < 0.5 and stats.rejected and config.pretrained:
                     log.info("the rule's estimated precision is %.2f (below 0.5); with ImageNet features the "
-                             "benchmark's ungated rule gained at a precision of 0.15 to 0.55 with several "
+                             "benchmark's ungated rule gained at a precision of 0.14 to 0.56 with several "
                              "positives (docs/method.md); to check on your data compare a run with "
                              "--warmup-epochs %d (the rule off) on your validation split", estimate, config.epochs)
                 elif estimate < 0.5 and stats.rejected:

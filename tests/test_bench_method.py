@@ -197,7 +197,7 @@ def test_a_run_resolves_calr_as_train_fit_does_so_the_gate_follows_the_backbone(
     assert (scratch.world, scratch.labels) == (imagenet.world, imagenet.labels)  # the same scenes and labels
     assert not scratch.backbone.pretrained and imagenet.backbone.pretrained
     assert [gate(scratch, m) for m in ("calr", "calr-gated", "calr-no-gate")] == [0.65, 0.65, 0.0]
-    for world in (imagenet, PHOTO_WORLDS["photos-partial"]):
+    for world in (imagenet, PHOTO_WORLDS["photos-partial"], PHOTO_WORLDS["photos-partial-finetune"]):
         methods = ("calr", "calr-gated", "calr-no-gate", "calr-reference")
         assert [gate(world, m) for m in methods] == [0.0, 0.65, 0.0, 0.0]
 

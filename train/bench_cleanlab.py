@@ -97,7 +97,7 @@ def _config(args: argparse.Namespace, data: Path, out: Path, loss: str, world: s
     loss_options = {"bias_correction": True} if loss == "calr" else {}
     if world == "photos":  # bench-method's photos-several world: the same backbone, size and budget
         return PHOTO_WORLD.train_config(loss, loss_options, args.seed, data=str(data), out=str(out),
-                                        resize="letterbox", device="cpu").validate()
+                                        resize="letterbox", device="cpu")
     return TrainConfig(data=str(data), out=str(out), loss=loss, arch="compact", arch_options={"width": args.width},
                        pretrained=False, epochs=args.epochs, batch_size=32, image_size=args.image_size, lr=1e-3,
                        head_lr_multiplier=1.0, warmup_epochs=min(3, args.epochs - 1), device="cpu", workers=0,

@@ -5,7 +5,7 @@ with the training labels an annotator would leave), the backbone each world trai
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ COMPACT = Backbone()
 # The photos model's recipe (train/configs/photos_calr.yaml): ImageNet features, the stem and 5 of the
 # 7 stages frozen, Adam 3e-4 with the head at x10.
 PHOTO_BACKBONE = Backbone("efficientnet_lite0", (("frozen_stages", 5),), True, 3e-4, 10.0, True)
-PHOTO_BACKBONE_FINETUNED = Backbone("efficientnet_lite0", (("frozen_stages", 0),), True, 3e-4, 10.0, True)
+PHOTO_BACKBONE_FINETUNED = replace(PHOTO_BACKBONE, options=(("frozen_stages", 0),))  # every stage trained
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ def _uniform(low: int, high: int) -> dict[str, Any]:
     return {"object_counts": tuple(range(low, high + 1)), "object_count_p": None}
 
 
+PARTIAL = BenchWorld("partial", World(classes=14, **_uniform(2, 5)), 512, 128, 256, batch_size=16, labels="partial")
 WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
     BenchWorld("base", World(), 640, 160, 320, batch_size=32),
     BenchWorld("six-large", World(classes=6, radius_range=(0.16, 0.24), clutter=0.5, **_uniform(1, 3)),
@@ -125,7 +126,7 @@ WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
                768, 128, 256, batch_size=32),
     BenchWorld("clutter-small", World(radius_range=(0.08, 0.12), clutter=2.5), 512, 128, 256, batch_size=16),
     BenchWorld("long-epochs", World(**_uniform(2, 4)), 2400, 128, 256, batch_size=8, epochs=4),
-    BenchWorld("partial", World(classes=14, **_uniform(2, 5)), 512, 128, 256, batch_size=16, labels="partial"),
+    PARTIAL,
 )}
 # Not in the default sweep: a batch of 4 (many small, noisy steps), and the same scenes at batch 16.
 EXTRA_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
@@ -134,10 +135,8 @@ EXTRA_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
     # The partial world's scenes and labels on the photos model's ImageNet backbone (at the photo worlds'
     # 160 px, where its 5 x 5 maps still give CAMs), and the same 160 px scenes from scratch: does the
     # ungated rule pay with pretrained features where it costs from scratch (docs/method.md, "On real photos")?
-    BenchWorld("partial-pretrained", World(classes=14, **_uniform(2, 5)), 512, 128, 256, batch_size=16,
-               labels="partial", image_size=160, backbone=PHOTO_BACKBONE),
-    BenchWorld("partial-160", World(classes=14, **_uniform(2, 5)), 512, 128, 256, batch_size=16,
-               labels="partial", image_size=160),
+    replace(PARTIAL, name="partial-pretrained", image_size=160, backbone=PHOTO_BACKBONE),
+    replace(PARTIAL, name="partial-160", image_size=160),
 )}
 QUICK_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
     BenchWorld("quick-single", World(classes=6, **_uniform(1, 3)), 64, 32, 32, batch_size=16, epochs=4,
@@ -150,18 +149,17 @@ QUICK_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
 # (they need the photos; --worlds names them). Every scene holds 2 to 4 objects. Sized so that a CALR run
 # takes a few minutes on this machine's 2 cores (docs/benchmarks.md, "The method on real photos"); the
 # rule starts after 2 epochs, as in the photos model's recipe (pretrained features know the objects early).
+PHOTOS_SEVERAL = BenchWorld("photos-several", PhotoScenes(mix=(0.0, 0.3, 0.2, 0.5)), 600, 150, 300, batch_size=16,
+                            epochs=6, image_size=160, backbone=PHOTO_BACKBONE, warmup_epochs=2)
+PHOTOS_PARTIAL = replace(PHOTOS_SEVERAL, name="photos-partial", labels="partial")
 PHOTO_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
-    BenchWorld("photos-several", PhotoScenes(mix=(0.0, 0.3, 0.2, 0.5)), 600, 150, 300, batch_size=16, epochs=6,
-               image_size=160, backbone=PHOTO_BACKBONE, warmup_epochs=2),
-    BenchWorld("photos-partial", PhotoScenes(mix=(0.0, 0.3, 0.2, 0.5)), 600, 150, 300, batch_size=16, epochs=6,
-               image_size=160, labels="partial", backbone=PHOTO_BACKBONE, warmup_epochs=2),
+    PHOTOS_SEVERAL,
+    PHOTOS_PARTIAL,
     # The same scenes and labels trained twice as long: does the gate open once the model knows more?
-    BenchWorld("photos-partial-long", PhotoScenes(mix=(0.0, 0.3, 0.2, 0.5)), 600, 150, 300, batch_size=16,
-               epochs=12, image_size=160, labels="partial", backbone=PHOTO_BACKBONE, warmup_epochs=2),
+    replace(PHOTOS_PARTIAL, name="photos-partial-long", epochs=12),
     # The same scenes and labels with every stage of the ImageNet backbone trained, as the paper's recipes
     # train theirs: does the gate's default for ImageNet weights hold beyond frozen features?
-    BenchWorld("photos-partial-finetune", PhotoScenes(mix=(0.0, 0.3, 0.2, 0.5)), 600, 150, 300, batch_size=16,
-               epochs=6, image_size=160, labels="partial", backbone=PHOTO_BACKBONE_FINETUNED, warmup_epochs=2),
+    replace(PHOTOS_PARTIAL, name="photos-partial-finetune", backbone=PHOTO_BACKBONE_FINETUNED),
 )}
 
 NO_REJECTION = "calr-no-rejection"  # ours with the rule never on: the rule's share is measured against it

@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from spml.data.images import ImageLoadError, load_image
+from spml.data.importers import coco as coco_importer
+from spml.data.importers.common import ConvertError
 from spml.data.protocol import protocol_split, sample_single_positive
 from spml.data.scenes import make_photo_scenes
-from spml.data.synthetic import make_synthetic_dataset
+from spml.data.synthetic import make_synthetic_dataset, partial_positives
 from spml.data.writer import Row, check_writable, link_images, render_dataset, write_rendered
 
 BENCHMARKS = ("voc", "coco", "nuswide", "cub")
@@ -321,6 +324,95 @@ def prepare_benchmark(
     return out
 
 
+COCO_SPLIT = {"val": 0.1, "test": 0.2}  # the rest trains; split by photo
+BOXES_FILE = "boxes.csv"  # image,class,x0,y0,x1,y1: every annotated box, in the image's own pixels
+
+
+def split_photos(count: int, seed: int, fractions: dict[str, float] = COCO_SPLIT) -> dict[str, np.ndarray]:
+    """Sorted indices of ``count`` photos per split, from one seeded permutation: val and test get
+    ``round(fraction * count)`` photos each, train the rest."""
+    order = np.random.default_rng(seed).permutation(count)
+    sizes = {name: int(round(fraction * count)) for name, fraction in fractions.items()}
+    train = count - sum(sizes.values())
+    if train < 1:
+        raise PrepareError(f"{count} photos are too few to split into train, val and test")
+    splits, start = {"train": np.sort(order[:train])}, train
+    for name, size in sizes.items():
+        splits[name] = np.sort(order[start:start + size])
+        start += size
+    return splits
+
+
+def _drawn_positives(labels: list[list[str]], classes: list[str], seed: int, partial: float | None) -> list[list[str]]:
+    """Each row's observed labels: one drawn by the protocol (uniform among its labels, ``RandomState(1200)``
+    over the rows in order), or with ``partial`` each label kept with that probability (at least one)."""
+    if partial is not None:
+        return [partial_positives(seed, index, names, partial) for index, names in enumerate(labels)]
+    column = {name: j for j, name in enumerate(classes)}
+    matrix = np.zeros((len(labels), len(classes)), dtype=np.uint8)
+    for i, names in enumerate(labels):
+        matrix[i, [column[name] for name in names]] = 1
+    return [[classes[j] for j in np.flatnonzero(row)] for row in sample_single_positive(matrix)]
+
+
+def prepare_coco_set(instances: Path, images: Path, out: Path, *, seed: int = 0, partial: float | None = None,
+                     skip_bad: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """One COCO-format annotated set (``instances.json`` and its image folder) as a data set split by us.
+
+    The photos are split by photo into train / val / test (:data:`COCO_SPLIT`, seeded); every split keeps
+    every label in ``labels``. Each photo's ``positive``: one label drawn by the protocol (per split, over
+    its rows in file order), or with ``partial`` each label kept with probability P, at least one. The
+    boxes go to ``DATASET/boxes.csv`` (scoring where the audit looks); images are linked, not copied.
+    A box of an unknown category, a missing or undecodable image, a photo with no box: an error naming
+    it, or with ``skip_bad`` left out and counted."""
+    if partial is not None and not 0.0 < partial <= 1.0:
+        raise PrepareError(f"--partial must be in (0, 1], got {partial}")
+    for path, what in ((instances, "the instances file"), (images, "the image folder")):
+        if not path.exists():
+            raise PrepareError(f"{path}: not found ({what})")
+    try:
+        collected = coco_importer.read(instances, images, skip_bad=skip_bad, require_labels=True)
+    except ConvertError as error:
+        raise PrepareError(str(error)) from None
+    skipped = list(collected.skipped)
+    entries = []
+    for entry in tqdm(sorted(collected.splits["train"], key=lambda e: e.image), desc="checking images",
+                      unit="img", disable=not progress):
+        try:
+            load_image(collected.image_root / entry.image)
+        except ImageLoadError as error:
+            if not skip_bad:
+                raise PrepareError(f"{error} (or pass --skip-bad to leave it out)") from None
+            skipped.append(str(error))
+            continue
+        entries.append(entry)
+    if not entries:
+        raise PrepareError(f"{instances}: no usable photo")
+    splits: dict[str, list[Row]] = {}
+    for name, index in split_photos(len(entries), seed).items():
+        chosen = [entries[i] for i in index]
+        positives = _drawn_positives([e.labels for e in chosen], collected.classes, seed, partial)
+        splits[name] = [Row(f"{IMAGES_LINK}/{e.image}", e.labels, positive=p)
+                        for e, p in zip(chosen, positives, strict=True)]
+    files = render_dataset(collected.classes, splits)
+    boxes = ["image,class,x0,y0,x1,y1\n"] + [
+        f"{IMAGES_LINK}/{e.image},{name},{x0:g},{y0:g},{x1:g},{y1:g}\n"
+        for e in entries for name, (x0, y0, x1, y1) in e.boxes
+    ]
+    files[BOXES_FILE] = "".join(boxes)
+    out = Path(out).expanduser()
+    check_writable(out, files, overwrite)
+    link_images(out / IMAGES_LINK, collected.image_root, overwrite)
+    write_rendered(out, files)
+    sizes = " / ".join(f"{name} {len(rows)}" for name, rows in splits.items())
+    kind = f"labels kept with p = {partial}" if partial is not None else "one positive a photo"
+    print(f"coco: wrote {out} ({sizes} photos; {len(collected.classes)} classes; {kind}; "
+          f"{len(boxes) - 1} boxes)", file=sys.stderr)
+    if skipped:
+        print(f"coco: left out {len(skipped)} bad entries (--skip-bad), the first: {skipped[0]}", file=sys.stderr)
+    return out
+
+
 def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``prepare {voc,coco,nuswide,cub,synthetic}`` on a command line's subparsers."""
     parser = subparsers.add_parser(
@@ -332,7 +424,19 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     sources = parser.add_subparsers(dest="source", required=True, metavar="{voc,coco,nuswide,cub,synthetic,photos}")
     for name in BENCHMARKS:
         sub = sources.add_parser(name, help=f"{name}: split and draw single positives by the protocol")
-        sub.add_argument("--root", type=Path, required=True, help="the folder the download unpacks into")
+        if name != "coco":
+            sub.add_argument("--root", type=Path, required=True, help="the folder the download unpacks into")
+        else:
+            sub.add_argument("--root", type=Path, help="the COCO 2014 download (annotations/, train2014/, val2014/): "
+                             "the protocol's official splits; or --instances with --images")
+            sub.add_argument("--instances", type=Path, help="any COCO-format instances JSON (e.g. "
+                             "../shared/coco/instances.json): one annotated set, split by photo 70 / 10 / 20")
+            sub.add_argument("--images", type=Path, help="the folder the instances' file_name entries are under")
+            sub.add_argument("--seed", type=int, default=0, help="seed of the split by photo (default 0)")
+            sub.add_argument("--partial", type=float, default=None, metavar="P",
+                             help="keep each label of a photo with probability P (at least one) instead of one positive")
+            sub.add_argument("--skip-bad", action="store_true",
+                             help="leave out (and count) bad boxes and missing, broken or unannotated photos")
         _common(sub)
     synthetic = sources.add_parser("synthetic", help="render the synthetic world of coloured shapes")
     synthetic.add_argument("--seed", type=int, default=0)
@@ -385,7 +489,15 @@ def run_prepare(args: argparse.Namespace) -> int:
                                     overwrite=args.overwrite, progress=progress, **options)
             print(f"photos: wrote {out} (scenes: train {args.train} / val {args.val}) and {out / 'photos'} "
                   "(the plain photos, split the same way)", file=sys.stderr)
+        elif args.source == "coco" and args.root is None:
+            if args.instances is None or args.images is None:
+                raise PrepareError("prepare coco needs --root DIR (the COCO 2014 download), or --instances FILE "
+                                   "with --images DIR (one COCO-format set)")
+            prepare_coco_set(args.instances, args.images, args.out, seed=args.seed, partial=args.partial,
+                             skip_bad=args.skip_bad, overwrite=args.overwrite, progress=progress)
         else:
+            if args.source == "coco" and args.instances is not None:
+                raise PrepareError("prepare coco: give --root or --instances with --images, not both")
             prepare_benchmark(args.source, args.root, args.out, overwrite=args.overwrite, progress=progress)
     except (ValueError, FileExistsError) as error:  # bad layout, bad sizes, or a data set in the way
         print(f"error: {error}", file=sys.stderr)

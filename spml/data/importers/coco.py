@@ -9,6 +9,7 @@ entries with a KeyError rather than the file and entry.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from spml.data.importers.common import (
@@ -105,7 +106,23 @@ def _image_folder(path: Path, images: list[dict], given: Path | None) -> Path:
                        "give the folder with --images DIR")
 
 
-def read(source: Path, images: Path | None = None, skip_bad: bool = False) -> Collected:
+def _box(value: object, where: str) -> tuple[float, float, float, float]:
+    """COCO's ``[x, y, width, height]`` as ``(x0, y0, x1, y1)``; a ConvertError naming ``where`` otherwise."""
+    if (not isinstance(value, list) or len(value) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise ConvertError(f"{where}: bbox {value!r} is not [x, y, width, height]")
+    x, y, width, height = (float(v) for v in value)
+    if width < 0 or height < 0:
+        raise ConvertError(f"{where}: bbox {value!r} has a negative width or height")
+    return x, y, x + width, y + height
+
+
+def read(source: Path, images: Path | None = None, skip_bad: bool = False, require_labels: bool = False) -> Collected:
+    """The images of a COCO instances file with their labels (and boxes, where an annotation has one).
+
+    ``require_labels``: an image without any annotation is a bad entry (an error, or skipped and listed
+    with ``skip_bad``) instead of being left out and counted in ``unlabelled``; for sets where every
+    photo is meant to be annotated, as ``train prepare coco`` reads them."""
     path, data = find_annotation_file(source)
     problems = Problems(skip_bad)
     classes: list[str] = []
@@ -145,6 +162,7 @@ def read(source: Path, images: Path | None = None, skip_bad: bool = False) -> Co
             files[image["id"]] = name
 
     labels: dict[object, list[str]] = {image_id: [] for image_id in files}
+    boxes: dict[object, list[tuple[str, tuple[float, float, float, float]]]] = {image_id: [] for image_id in files}
     known_images = {image.get("id") for image in data["images"] if isinstance(image, dict) and _is_id(image.get("id"))}
     for number, annotation in enumerate(data["annotations"]):
         where = f"{path}, annotations[{number}]"
@@ -159,9 +177,20 @@ def read(source: Path, images: Path | None = None, skip_bad: bool = False) -> Co
         elif not _is_id(image_id) or image_id not in known_images:
             problems.bad(f"{where}: unknown image_id {image_id!r}")
         elif image_id in labels:  # an image left out above takes its annotations with it
+            if "bbox" in annotation:
+                try:
+                    box = _box(annotation["bbox"], where)
+                except ConvertError as error:
+                    problems.bad(str(error))
+                    continue
+                boxes[image_id].append((category_names[category], box))
             labels[image_id].append(category_names[category])
+    if require_labels:
+        for image_id in [i for i, names in labels.items() if not names]:
+            problems.bad(f"{path}: image {image_id!r} ({files[image_id]}) has no annotation (a photo with no box)")
+            del labels[image_id]
     order = {name: i for i, name in enumerate(classes)}
-    entries = [Entry(files[i], sorted(ordered_unique(names), key=order.__getitem__))
+    entries = [Entry(files[i], sorted(ordered_unique(names), key=order.__getitem__), boxes[i])
                for i, names in labels.items() if names]
     unlabelled = sum(1 for names in labels.values() if not names)
     return Collected(classes, root, {"train": entries}, problems.messages, unlabelled)

@@ -27,6 +27,8 @@ class Entry:
 
     image: str
     labels: list[str]
+    # (class, (x0, y0, x1, y1)) in the image's own pixels, where the format draws boxes (COCO)
+    boxes: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
 
 
 @dataclass

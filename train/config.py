@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -124,5 +124,39 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConf
             raise ValueError(f"config file {path}: unknown option(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(_FIELDS))}")
         values.update(loaded)
+    recipe_data = values.get("data")
     values.update({key: value for key, value in overrides.items() if value is not None})
+    if recipe_data and values.get("data") != recipe_data:
+        # The recipe's paths inside its data set follow the data set a user names (--data).
+        values["calibration_data"] = [follow_data(path, recipe_data, values["data"])
+                                      for path in values.get("calibration_data") or []]
     return TrainConfig(**values).validate()
+
+
+def follow_data(path: str, recipe_data: str, data: str) -> str:
+    """``path`` moved from the recipe's data set ``recipe_data`` to ``data`` when it lies in it (the data
+    set itself, or a folder inside it); any other path unchanged."""
+    try:
+        inside = PurePosixPath(path).relative_to(PurePosixPath(recipe_data))
+    except ValueError:
+        return path
+    return str(Path(data) / inside) if inside.parts else str(data)
+
+
+def check_paths(config: TrainConfig) -> None:
+    """Every path a run reads, checked before any work: a wrong one fails at once with its name and
+    option, not after hours of training (calibration data is read only once training ends)."""
+    for option, folder in [("data", config.data), *(("calibration_data", d) for d in config.calibration_data)]:
+        for name in ("classes.txt", "train.csv"):
+            if not (Path(folder) / name).is_file():
+                raise ValueError(f"{option} {folder}: no {name} there (not a data set folder; "
+                                 "prepare one with python -m train prepare or convert one with python -m spml convert)")
+    if config.init_from and not config.init_from.startswith("hf://") \
+            and not (Path(config.init_from) / "config.json").is_file():
+        raise ValueError(f"init_from {config.init_from}: not a checkpoint (no config.json); train the stage it "
+                         "starts from first")
+    if config.folds_file and not Path(config.folds_file).is_file():
+        raise ValueError(f"folds_file {config.folds_file}: not found")
+    for option, target in (("out", config.out), ("export", config.export)):
+        if target and Path(target).exists() and not Path(target).is_dir():
+            raise ValueError(f"{option} {target}: exists and is not a folder")

@@ -27,7 +27,7 @@ from spml.losses import Objective, create_objective
 from spml.model import SPMLModel, create_model
 from spml.runtime import DistInfo, atomic_path, atomic_write_text, close_distributed, init_distributed, resolve_device
 from train import distributed
-from train.config import TrainConfig
+from train.config import TrainConfig, check_paths
 from train.fold_split import without_fold
 from train.loop import (
     calr_thresholds,
@@ -179,6 +179,7 @@ def _training_summary(config: TrainConfig, state: RunState, dataset_name: str) -
 
 def fit(config: TrainConfig) -> dict[str, Any]:
     """Train, select by clean-validation mAP, test the best model; resume from ``config.out``."""
+    check_paths(config)
     device = resolve_device(config.device)
     info = init_distributed(device.type)
     if config.amp is None:
@@ -373,9 +374,14 @@ def _finish(config: TrainConfig, test_split: Split | None, state: RunState, devi
     if info.is_main:
         best.training.update({"test_map": test_map})
         save_checkpoint(best, run / "best")
-        # The training images' feature statistics: the app tells images of another world by them.
-        calibrate_checkpoint(run / "best", best, [config.data, *config.calibration_data], "train", progress=False,
-                             log=log.info)
+        # The training images' feature statistics: the app tells images of another world by them. A
+        # failure here leaves the run finished (its best checkpoint tested) with the error named.
+        try:
+            calibrate_checkpoint(run / "best", best, [config.data, *config.calibration_data], "train",
+                                 progress=False, log=log.info)
+        except (OSError, ValueError) as error:
+            summary["calibration_error"] = str(error)
+            log.error("the run is finished, but the other-world statistics could not be written: %s", error)
         atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
         log.info("done: best val mAP %.2f at epoch %d, test mAP %s", state.best_val_map, state.best_epoch,
                  "n/a" if test_map is None else f"{test_map:.2f}")

@@ -115,8 +115,9 @@ def test_partial(tmp_path):
     common = ["--instances", str(tmp_path / "coco" / "instances.json"), "--images", str(tmp_path / "coco" / "images")]
     assert _prepare(*common, "--out", str(tmp_path / "half"), "--partial", "0.5") == 0
     assert _prepare(*common, "--out", str(tmp_path / "all"), "--partial", "1") == 0
-    kept = [len(r["positive"].split(";")) for split in ("train", "val", "test") for r in _rows(tmp_path / "half", split)]
-    labels = [len(r["labels"].split(";")) for split in ("train", "val", "test") for r in _rows(tmp_path / "half", split)]
+    rows = [r for split in ("train", "val", "test") for r in _rows(tmp_path / "half", split)]
+    kept = [len(r["positive"].split(";")) for r in rows]
+    labels = [len(r["labels"].split(";")) for r in rows]
     assert all(1 <= k <= n for k, n in zip(kept, labels, strict=True))
     assert sum(kept) < sum(labels)  # 0.5 leaves labels out ...
     for split in ("train", "val", "test"):  # ... 1 keeps every one

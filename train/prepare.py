@@ -434,7 +434,8 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
             sub.add_argument("--images", type=Path, help="the folder the instances' file_name entries are under")
             sub.add_argument("--seed", type=int, default=0, help="seed of the split by photo (default 0)")
             sub.add_argument("--partial", type=float, default=None, metavar="P",
-                             help="keep each label of a photo with probability P (at least one) instead of one positive")
+                             help="keep each label of a photo with probability P (at least one) "
+                             "instead of one positive")
             sub.add_argument("--skip-bad", action="store_true",
                              help="leave out (and count) bad boxes and missing, broken or unannotated photos")
         _common(sub)

@@ -343,11 +343,13 @@ def split_photos(count: int, seed: int, fractions: dict[str, float] = COCO_SPLIT
     return splits
 
 
-def _drawn_positives(labels: list[list[str]], classes: list[str], seed: int, partial: float | None) -> list[list[str]]:
+def _drawn_positives(labels: list[list[str]], classes: list[str], seed: int, partial: float | None,
+                     photos: np.ndarray) -> list[list[str]]:
     """Each row's observed labels: one drawn by the protocol (uniform among its labels, ``RandomState(1200)``
-    over the rows in order), or with ``partial`` each label kept with that probability (at least one)."""
+    over the rows in order), or with ``partial`` each label kept with that probability (at least one),
+    drawn from a generator of each photo's own (its number ``photos[i]`` in the whole set)."""
     if partial is not None:
-        return [partial_positives(seed, index, names, partial) for index, names in enumerate(labels)]
+        return [partial_positives(seed, int(p), names, partial) for p, names in zip(photos, labels, strict=True)]
     column = {name: j for j, name in enumerate(classes)}
     matrix = np.zeros((len(labels), len(classes)), dtype=np.uint8)
     for i, names in enumerate(labels):
@@ -391,7 +393,7 @@ def prepare_coco_set(instances: Path, images: Path, out: Path, *, seed: int = 0,
     splits: dict[str, list[Row]] = {}
     for name, index in split_photos(len(entries), seed).items():
         chosen = [entries[i] for i in index]
-        positives = _drawn_positives([e.labels for e in chosen], collected.classes, seed, partial)
+        positives = _drawn_positives([e.labels for e in chosen], collected.classes, seed, partial, index)
         splits[name] = [Row(f"{IMAGES_LINK}/{e.image}", e.labels, positive=p)
                         for e, p in zip(chosen, positives, strict=True)]
     files = render_dataset(collected.classes, splits)

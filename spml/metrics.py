@@ -29,13 +29,25 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(_ranking(scores, targets)["average_precision"])
 
 
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+def scorable_classes(targets: np.ndarray) -> np.ndarray:
+    """(C,) bool: the classes of (N, C) {0, 1} targets with at least one positive and one negative, the
+    only ones an average precision tells anything of (COCO's person, in every photo, has no negative)."""
+    positive = np.asarray(targets) > 0
+    return positive.any(axis=0) & ~positive.all(axis=0)
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray, scorable_only: bool = False) -> float:
     """The protocol's mAP in percent: per-class average precision of (N, C) scores against (N, C)
-    {0, 1} targets, a class without any positive counting as 0, averaged over all classes."""
+    {0, 1} targets, a class without any positive counting as 0, averaged over all classes.
+    ``scorable_only``: averaged over :func:`scorable_classes` alone (the same figure on a split where
+    every class has both; on a small split of a long-tailed set, the one that means something)."""
     scores, targets = np.asarray(scores), np.asarray(targets)
     if scores.shape != targets.shape or scores.ndim != 2:
         raise ValueError(f"scores {scores.shape} and targets {targets.shape} must both be (N, C)")
-    per_class = [average_precision(scores[:, c], targets[:, c]) for c in range(scores.shape[1])]
+    columns = np.flatnonzero(scorable_classes(targets)) if scorable_only else np.arange(scores.shape[1])
+    if columns.size == 0:
+        raise ValueError("no class has both a positive and a negative here: mAP is undefined")
+    per_class = [average_precision(scores[:, c], targets[:, c]) for c in columns]
     return 100.0 * float(np.mean(per_class))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import struct
 import sys
@@ -30,6 +31,32 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = ROOT.parent / "shared" / "photos" / "train"
 needs_shared_photos = pytest.mark.skipif(not SHARED_PHOTOS.is_dir(),
                                          reason=f"the real photos are not at {SHARED_PHOTOS} on this machine")
+# Real multi-label photos (COCO, every object a box) beside the checkout: read at run time. CI has them.
+SHARED_COCO = ROOT.parent / "shared" / "coco"
+needs_shared_coco = pytest.mark.skipif(not (SHARED_COCO / "instances.json").is_file(),
+                                       reason=f"the COCO photos are not at {SHARED_COCO} on this machine")
+COCO_CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "dining table"},
+                   {"id": 90, "name": "toothbrush"}]  # COCO's own ids, with its gaps
+
+
+def make_coco_set(root: Path, photos: int = 20) -> dict:
+    """A COCO-format set in ``root`` (instances.json, images/*.jpg): ``photos`` real JPEGs, photo k holding
+    person (always) and, in turn, car (k even), dining table (k % 3 == 0) and toothbrush (k % 5 == 0), each
+    as a box; returns the instances."""
+    (root / "images").mkdir(parents=True)
+    images, annotations = [], []
+    for k in range(photos):
+        name = f"{1000 + k:012d}.jpg"
+        Image.new("RGB", (32, 24), (10 * k, 40, 90)).save(root / "images" / name, format="JPEG")
+        images.append({"id": 1000 + k, "file_name": name, "width": 32, "height": 24})
+        for category in [1, *[c for c, every in ((3, 2), (7, 3), (90, 5)) if k % every == 0]]:
+            annotations.append({"id": len(annotations) + 1, "image_id": 1000 + k, "category_id": category,
+                                "bbox": [k % 4, 1.5, 10, 8.25], "area": 82.5, "iscrowd": 0})
+    data = {"images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
+    (root / "instances.json").write_text(json.dumps(data))
+    return data
+
+
 # The app's default: the model of real photos, trained by `train fit --config train/configs/photos_calr.yaml`.
 PHOTOS_CHECKPOINT = ROOT / "checkpoints" / "photos"
 # A few classes of real things: a checkpoint whose world is not the synthetic one (the photos model's kind).
@@ -261,7 +288,6 @@ def coco_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic world laid out as COCO (annotations/instances_train.json, train/*.png), zipped as
     someone would upload it: the importers turn it into the data set format."""
     import csv
-    import json
 
     folder = tmp_path_factory.mktemp("coco-zip")
     root = make_synthetic_dataset(folder / "world", train=12, val=0, test=0, image_size=64, progress=False)

@@ -244,3 +244,45 @@ def test_join_adds_the_runs_of_sweeps_run_side_by_side(tmp_path, capsys):
     assert summary["table"]["quick-partial"]["an"]["mean"] == 40.0
     with pytest.raises(ValueError, match="no runs.json to join"):
         join_runs(tmp_path / "a", [tmp_path / "missing"])
+
+
+def test_coco_world_splits_by_photo_as_prepare_does(tmp_path):
+    from conftest import make_coco_set
+
+    from train.bench_method.worlds import COCO_WORLDS, CocoPhotos, render_world
+    from train.prepare import split_photos
+
+    make_coco_set(tmp_path / "coco")
+    spec = BenchWorld("tiny-coco", CocoPhotos(), 100, 100, 3, batch_size=8, image_size=32)  # test capped at 3
+    data = render_world(spec, seed=0, coco=tmp_path / "coco")
+    assert data.classes == ["person", "car", "dining table", "toothbrush"]
+    splits = split_photos(20, 0)
+    for split, count in (("train", 14), ("val", 2), ("test", 3)):
+        assert len(data.images[split]) == count and data.images[split][0].size == (32, 32)
+        # photo k (k = its place in file order): person always, car if k even, table if k % 3 == 0, ...
+        expected = [[1, int(k % 2 == 0), int(k % 3 == 0), int(k % 5 == 0)] for k in splits[split][:count]]
+        assert data.labels[split].tolist() == expected
+    assert (data.observed.sum(axis=1) == 1).all() and not (data.observed > data.labels["train"]).any()
+    assert not np.array_equal(render_world(spec, seed=1, coco=tmp_path / "coco").labels["train"],
+                              data.labels["train"])
+    assert {w.labels for w in COCO_WORLDS.values()} == {"single", "partial"}
+    with pytest.raises(ValueError, match="instances.json: not found"):
+        render_world(spec, seed=0, coco=tmp_path / "nowhere")
+
+
+def test_bench_method_runs_on_a_coco_world(tmp_path, monkeypatch):
+    from conftest import make_coco_set
+
+    from train.bench_method import runner
+    from train.bench_method.worlds import PHOTO_BACKBONE, CocoPhotos
+
+    make_coco_set(tmp_path / "coco", photos=30)
+    spec = BenchWorld("tiny-coco", CocoPhotos(), 100, 100, 100, batch_size=8, epochs=2, image_size=64,
+                      backbone=PHOTO_BACKBONE, warmup_epochs=1, labels="partial")
+    monkeypatch.setitem(runner.COCO_WORLDS, spec.name, spec)
+    out = tmp_path / "bench"
+    assert main(["bench-method", "--worlds", spec.name, "--methods", "an,calr", "--seeds", "0",
+                 "--coco", str(tmp_path / "coco"), "--out", str(out)]) == 0
+    runs = json.loads((out / "runs.json").read_text())
+    assert sorted(r["method"] for r in runs) == ["an", "calr"]
+    assert all(0.0 < r["test_map"] <= 100.0 and len(r["epochs"]) == 2 for r in runs)

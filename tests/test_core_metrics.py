@@ -12,6 +12,7 @@ from spml.metrics import (
     precision_at_recall,
     precision_recall_at_k,
     roc_auc,
+    scorable_classes,
     sigmoid,
 )
 
@@ -104,3 +105,14 @@ def test_sigmoid_of_one_float_never_overflows():
     assert sigmoid(2.0) == pytest.approx(1 / (1 + math.exp(-2.0)), rel=1e-12)
     assert sigmoid(-2.0) == pytest.approx(1 - sigmoid(2.0), rel=1e-12)
     assert sigmoid(1e6) == 1.0 and sigmoid(-1e6) == 0.0  # math.exp(1e6) would raise OverflowError
+
+
+def test_mean_average_precision_over_scorable_classes_only():
+    # Class 0 is positive everywhere (COCO's person), class 2 never: only class 1 has both.
+    scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.4], [0.5, 0.6, 0.2]])
+    targets = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 0]])
+    assert scorable_classes(targets).tolist() == [False, True, False]
+    assert mean_average_precision(scores, targets, scorable_only=True) == pytest.approx(100.0)
+    assert mean_average_precision(scores, targets) == pytest.approx(100 * (1.0 + 1.0 + 0.0) / 3)
+    with pytest.raises(ValueError, match="no class has both"):
+        mean_average_precision(scores, np.ones_like(targets), scorable_only=True)

@@ -6,50 +6,22 @@ the protocol's positives and the boxes are re-derived with explicit calls, not w
 
 import argparse
 import csv
-import io
 import json
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from PIL import Image
+from conftest import COCO_CATEGORIES as CATEGORIES
+from conftest import SHARED_COCO, needs_shared_coco
+from conftest import make_coco_set as _coco_set
 
 from spml.data import load_dataset
 from train.prepare import add_prepare_arguments, run_prepare
-
-CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "dining table"},
-              {"id": 90, "name": "toothbrush"}]
-SHARED_COCO = ROOT.parent / "shared" / "coco"
-needs_shared_coco = pytest.mark.skipif(not (SHARED_COCO / "instances.json").is_file(),
-                                       reason=f"the COCO photos are not at {SHARED_COCO} on this machine")
 
 
 def _prepare(*argv):
     parser = argparse.ArgumentParser()
     add_prepare_arguments(parser.add_subparsers(dest="command"))
     return run_prepare(parser.parse_args(["prepare", "coco", *argv, "--no-progress"]))
-
-
-def _jpeg(path, shade):
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 24), (shade, 40, 90)).save(buffer, format="JPEG")
-    path.write_bytes(buffer.getvalue())
-
-
-def _coco_set(root, photos=20):
-    """``photos`` photos, photo k holding person (always) and, in turn, car, dining table and toothbrush."""
-    (root / "images").mkdir(parents=True)
-    images, annotations = [], []
-    for k in range(photos):
-        name = f"{1000 + k:012d}.jpg"
-        _jpeg(root / "images" / name, 10 * k)
-        images.append({"id": 1000 + k, "file_name": name, "width": 32, "height": 24})
-        for category in [1, *[c for c, every in ((3, 2), (7, 3), (90, 5)) if k % every == 0]]:
-            annotations.append({"id": len(annotations) + 1, "image_id": 1000 + k, "category_id": category,
-                                "bbox": [k % 4, 1.5, 10, 8.25], "area": 82.5, "iscrowd": 0})
-    data = {"images": images, "annotations": annotations, "categories": CATEGORIES}
-    (root / "instances.json").write_text(json.dumps(data))
-    return data
 
 
 def _rows(out, split):

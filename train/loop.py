@@ -19,7 +19,7 @@ from spml.data.dataset import BrokenImage, SkipBrokenImages, collate_skipping_br
 from spml.data.transforms import input_normalization
 from spml.losses import CALR, Objective
 from spml.losses.base import StepResult
-from spml.metrics import mean_average_precision
+from spml.metrics import mean_average_precision, scorable_classes
 from spml.rejection import estimated_precision
 from spml.runtime import DistInfo
 from train import distributed
@@ -188,7 +188,9 @@ def evaluate(network: nn.Module, split: Split, config: TrainConfig, device: torc
     shards = distributed.all_gather_objects(info, (scores, labels))
     all_scores = np.concatenate([s for s, _ in shards if s.size])
     all_labels = np.concatenate([t for _, t in shards if t.size])
-    return mean_average_precision(all_scores, all_labels)
+    # Over the classes with a positive and a negative in the split (on a full benchmark split, every
+    # class); a split too small to hold one (a smoke run's) is scored over all classes, as the protocol.
+    return mean_average_precision(all_scores, all_labels, scorable_only=bool(scorable_classes(all_labels).any()))
 
 
 def calr_thresholds(objective: Objective):

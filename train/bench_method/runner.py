@@ -25,6 +25,8 @@ from spml.runtime import DistInfo, atomic_write_text
 from train.bench_method.results import RunResult, has_separability, markdown_tables, write_outputs
 from train.bench_method.separability import rule_scores, separation, split_logits
 from train.bench_method.worlds import (
+    COCO_WORLDS,
+    DEFAULT_COCO,
     DEFAULT_METHODS,
     DEFAULT_PHOTOS,
     DEFAULT_SEEDS,
@@ -69,7 +71,7 @@ def _mean_average_precision(network: torch.nn.Module, dataset: InMemoryImages, b
                             channels_last: bool) -> float:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     scores, labels = predict(network, loader, torch.device("cpu"), channels_last=channels_last)
-    return mean_average_precision(scores, labels)
+    return mean_average_precision(scores, labels, scorable_only=True)  # COCO's person has no negative
 
 
 def run_one(spec: BenchWorld, data: WorldData, method: str, seed: int, separability: bool = False) -> RunResult:
@@ -164,13 +166,13 @@ def join_runs(out: Path, others: list[Path]) -> int:
 
 def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], out: Path,
               threads: int = 1, progress: bool = True, train: bool = True, separability: bool = False,
-              photos: Path = DEFAULT_PHOTOS) -> dict[str, Any]:
+              photos: Path = DEFAULT_PHOTOS, coco: Path = DEFAULT_COCO) -> dict[str, Any]:
     """Run every (world, seed, method) not already in ``out/runs.json``; write the tables.
 
     ``train=False`` only writes the tables of the runs already there (a sweep cut short, or the
     ``runs.json`` lists of several processes joined into one). ``separability`` measures it in every
     run (see :func:`run_one`); a run there that lacks it is run again. ``photos``: the image folder the
-    real-photo worlds compose their scenes from."""
+    real-photo worlds compose their scenes from; ``coco`` the COCO-format set of the COCO worlds."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -191,7 +193,7 @@ def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], ou
     with tqdm(total=len(todo), desc="bench-method", unit="run", disable=not progress) as bar:
         for spec, seed, method in todo:
             if cache is None or cache[0] != (spec.name, seed):
-                cache = ((spec.name, seed), render_world(spec, seed, photos))
+                cache = ((spec.name, seed), render_world(spec, seed, photos, coco))
             result = run_one(spec, cache[1], method, seed, separability)
             # A run measured again (for its separability) replaces its earlier entry once it is done.
             results = [r for r in results if (r.world, r.method, r.seed) != (spec.name, method, seed)] + [result]
@@ -206,10 +208,14 @@ def run_sweep(worlds: list[BenchWorld], methods: list[str], seeds: list[int], ou
 def add_bench_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="two tiny worlds, one seed: a smoke run in seconds")
     parser.add_argument("--worlds", help=f"comma-separated subset of {', '.join(WORLDS)}; the extra worlds "
-                                         f"{', '.join(EXTRA_WORLDS)}; the real-photo worlds {', '.join(PHOTO_WORLDS)}")
+                                         f"{', '.join(EXTRA_WORLDS)}; the real-photo worlds {', '.join(PHOTO_WORLDS)}; "
+                                         f"the COCO worlds {', '.join(COCO_WORLDS)}")
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS,
                         help=f"the image folder (one folder a class) of the real-photo worlds "
                              f"(default {DEFAULT_PHOTOS})")
+    parser.add_argument("--coco", type=Path, default=DEFAULT_COCO,
+                        help=f"the COCO-format set of the COCO worlds: a folder with instances.json and images/ "
+                             f"(default {DEFAULT_COCO})")
     parser.add_argument("--methods", help=f"comma-separated, default {','.join(DEFAULT_METHODS)}; "
                                           f"known: {', '.join(METHODS)}")
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; --quick: 0)")
@@ -233,7 +239,7 @@ def _names(text: str | None, default: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    catalogue = QUICK_WORLDS if args.quick else {**WORLDS, **EXTRA_WORLDS, **PHOTO_WORLDS}
+    catalogue = QUICK_WORLDS if args.quick else {**WORLDS, **EXTRA_WORLDS, **PHOTO_WORLDS, **COCO_WORLDS}
     names = _names(args.worlds, list(QUICK_WORLDS if args.quick else WORLDS))
     missing = [name for name in names if name not in catalogue]
     if missing:
@@ -246,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"joined {join_runs(out, args.join)} run(s) into {out / 'runs.json'}")
     start = time.perf_counter()
     summary = run_sweep(worlds, methods, seeds, out, args.threads, train=not args.report_only,
-                        separability=args.separability, photos=args.photos)
+                        separability=args.separability, photos=args.photos, coco=args.coco)
     for spec in worlds:
         print(f"{spec.name}: {spec.describe()}")
     print(markdown_tables(summary, worlds, methods))

@@ -27,6 +27,8 @@ from train.config import TrainConfig
 
 # Where the real-photo worlds read their photos unless --photos says otherwise (beside the checkout).
 DEFAULT_PHOTOS = Path("../shared/photos/train")
+# The COCO worlds' set (instances.json and images/ in one folder) unless --coco says otherwise.
+DEFAULT_COCO = Path("../shared/coco")
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,20 @@ class PhotoScenes:
 
 
 @dataclass(frozen=True)
+class CocoPhotos:
+    """Real multi-label photos of a COCO-format set, split by photo anew for each seed as ``train prepare
+    coco`` splits them (70 / 10 / 20); the world's ``train``, ``val`` and ``test`` cap each split."""
+
+    def objects(self) -> str:
+        return "every object annotated as a box"
+
+
+@dataclass(frozen=True)
 class BenchWorld:
     """One world of the sweep: what it renders, how it is labelled, what trains on it, and the budget."""
 
     name: str
-    world: World | PhotoScenes
+    world: World | PhotoScenes | CocoPhotos
     train: int
     val: int
     test: int
@@ -107,6 +118,8 @@ class BenchWorld:
         if isinstance(w, PhotoScenes):
             return (f"scenes of {w.objects()} real photos, {self.image_size} px, {budget}, "
                     f"{self.backbone.describe()}")
+        if isinstance(w, CocoPhotos):
+            return f"COCO-format photos, {self.image_size} px, {budget}, {self.backbone.describe()}"
         objects = f"{min(w.object_counts)}-{max(w.object_counts)}"
         network = "" if self.backbone == COMPACT else f", {self.backbone.describe()}"
         return (f"{w.classes} classes, {objects} objects, radius {w.radius_range[0]:g}-{w.radius_range[1]:g}, "
@@ -162,6 +175,17 @@ PHOTO_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
     replace(PHOTOS_PARTIAL, name="photos-partial-finetune", backbone=PHOTO_BACKBONE_FINETUNED),
 )}
 
+# Real multi-label photos (../shared/coco: 2,149 COCO photos, every object a box), split by photo; not in
+# the default sweep (they need the photos; --worlds names them). The photos worlds' backbone at 224 px
+# (7 x 7 maps: COCO's objects are small), every photo of the training split, 5 epochs: sized so that
+# a CALR run takes about ten minutes on one of this machine's 2 cores (docs/benchmarks.md).
+COCO_SINGLE = BenchWorld("coco", CocoPhotos(), 1504, 215, 430, batch_size=32, epochs=5, image_size=224,
+                         backbone=PHOTO_BACKBONE, warmup_epochs=2)
+COCO_WORLDS: dict[str, BenchWorld] = {w.name: w for w in (
+    COCO_SINGLE,
+    replace(COCO_SINGLE, name="coco-partial", labels="partial"),
+)}
+
 NO_REJECTION = "calr-no-rejection"  # ours with the rule never on: the rule's share is measured against it
 # method name -> (loss, loss_options). "calr" is CALR as a user gets it without a recipe ("ours");
 # the calr-* variants change one option each, for the ablations.
@@ -208,11 +232,13 @@ class WorldData:
     sources: dict[str, list[list[str]]] | None = None  # a world of real photos: each scene's photos, by split
 
 
-def render_world(spec: BenchWorld, seed: int, photos: Path = DEFAULT_PHOTOS) -> WorldData:
+def render_world(spec: BenchWorld, seed: int, photos: Path = DEFAULT_PHOTOS, coco: Path = DEFAULT_COCO) -> WorldData:
     """Render the three splits in memory and draw the training split's observed labels (a world of real
-    photos composes its scenes from the image folder ``photos``)."""
+    photos composes its scenes from the image folder ``photos``; a COCO world reads the set in ``coco``)."""
     if isinstance(spec.world, PhotoScenes):
         return _compose_photo_world(spec, spec.world, seed, photos)
+    if isinstance(spec.world, CocoPhotos):
+        return _read_coco_world(spec, seed, coco)
     classes = spec.world.class_names
     images: dict[str, list[Image.Image]] = {}
     labels: dict[str, np.ndarray] = {}
@@ -241,6 +267,31 @@ def _compose_photo_world(spec: BenchWorld, scenes: PhotoScenes, seed: int, photo
         images[split] = [render_photo_scene(folder.root, scene, spec.image_size) for scene in sources[split]]
         labels[split] = scene_labels(sources[split], folder.classes)
     return WorldData(folder.classes, images, labels, observe(labels["train"], spec, seed), sources)
+
+
+def _read_coco_world(spec: BenchWorld, seed: int, coco: Path) -> WorldData:
+    from spml.data.images import load_image
+    from spml.data.importers import coco as coco_importer
+    from train.prepare import split_photos
+
+    for needed in (coco / "instances.json", coco / "images"):
+        if not needed.exists():
+            raise ValueError(f"{needed}: not found (a COCO world reads instances.json and images/ in --coco)")
+    collected = coco_importer.read(coco / "instances.json", coco / "images", require_labels=True)
+    entries = sorted(collected.splits["train"], key=lambda entry: entry.image)
+    column = {name: j for j, name in enumerate(collected.classes)}
+    caps = {"train": spec.train, "val": spec.val, "test": spec.test}
+    images: dict[str, list[Image.Image]] = {}
+    labels: dict[str, np.ndarray] = {}
+    for split, index in split_photos(len(entries), seed).items():
+        chosen = [entries[i] for i in index[:caps[split]]]
+        # Stored at the input size, stretched as the trainer's view stretches them: the photos fit in memory.
+        images[split] = [load_image(collected.image_root / e.image).resize((spec.image_size, spec.image_size),
+                                                                          Image.Resampling.BILINEAR) for e in chosen]
+        labels[split] = np.zeros((len(chosen), len(collected.classes)), dtype=np.uint8)
+        for i, entry in enumerate(chosen):
+            labels[split][i, [column[name] for name in entry.labels]] = 1
+    return WorldData(collected.classes, images, labels, observe(labels["train"], spec, seed))
 
 
 def observe(labels: np.ndarray, spec: BenchWorld, seed: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from report_checks import assert_same_report, read_rows
 from spml.audit import REPORT_COLUMNS, audit_dataset, batch_evidence, candidate_values, missing_label_score
 from spml.audit.report import PART_COLUMNS, merge_report
 from spml.audit.scoring import format_box, parse_box
+from spml.audit.where import holds_centre, read_boxes
 from spml.checkpoint import LoadedModel, load_model, save_checkpoint
 from spml.data import SYNTHETIC_CLASSES, load_dataset, make_synthetic_dataset
 from spml.metrics import StreamingRanking, average_precision, precision_recall_at_k, roc_auc
@@ -133,6 +134,37 @@ def test_report_evaluation_on_hand_made_candidates(tmp_path):
     assert cat["average_precision"] == pytest.approx((1 + 2 / 3) / 2) and cat["hidden_positives"] == 2
     assert evaluation["rankings"]["audit"]["per_class"]["dog"]["auroc"] is None  # no candidate at all
     assert evaluation["rule"] == {"precision": 1.0, "recall": pytest.approx(2 / 3)}
+    assert evaluation["where"] is None  # no drawn boxes given
+
+
+def test_where_the_audit_looks_against_drawn_boxes(tmp_path):
+    """Three hidden labels, so the top 3 rows count: a (hidden, its cat box centred at (2, 3) lies in the
+    suspect box 1 2 3 4), b (not hidden), c (hidden, its cat box centred at (10, 10) does not). e, hidden
+    but ranked 5th, is out of the top. 1 of the 2 hidden labels in the top: 50%."""
+    rows = [
+        ("a.png", "cat", "0.9", "1", "dog", "0.9", "2.0", "0", "2", "1", "2", "1 2 3 4", "0 0 8 8", ""),
+        ("b.png", "cat", "0.8", "0", "dog", "0.7", "0.8", "0", "0.8", "0", "3", "1 2 3 4", "0 0 8 8", ""),
+        ("c.png", "cat", "0.8", "1", "dog", "0.6", "0.5", "0", "0.5", "1", "4", "1 2 3 4", "0 0 8 8", ""),
+        ("d.png", "cow", "0.4", "0", "dog", "0.95", "3.0", "3", "0", "0", "5", "1 2 3 4", "0 0 8 8", ""),
+        ("e.png", "cow", "0.3", "0", "dog", "0.2", "-1.0", "-2", "1", "1", "6", "0 0 9 9", "0 0 8 8", ""),
+    ]
+    part = tmp_path / "part.csv"
+    part.write_text("".join(",".join(row) + "\n" for row in rows))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "boxes.csv").write_text(
+        "image,class,x0,y0,x1,y1\na.png,cat,1,2,3,4\na.png,dog,0,0,1,1\nc.png,cat,8,8,12,12\ne.png,cow,0,0,2,2\n")
+    boxes = read_boxes(tmp_path / "data")
+    assert boxes[("a.png", "cat")] == [(1.0, 2.0, 3.0, 4.0)]
+    _, _, evaluation = merge_report([part], tmp_path / "work", tmp_path / "r.csv", None, True,
+                                    ["cat", "cow", "dog"], boxes)
+    assert evaluation["where"] == {"top": 3, "hidden_in_top": 2, "with_drawn_box": 2, "centre_inside": 1,
+                                   "share": 0.5}
+    assert holds_centre("1 2 3 4", [(0, 0, 4, 4)]) and not holds_centre("-1 -1 -1 -1", [(0, 0, 4, 4)])
+    assert not holds_centre("", [(0, 0, 4, 4)])
+    assert read_boxes(tmp_path) is None  # no boxes file: no check
+    (tmp_path / "data" / "boxes.csv").write_text("image,class,x0,y0,x1,y1\na.png,cat,1,2,three,4\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_boxes(tmp_path / "data")
 
 
 # --- score and evidence ------------------------------------------------------------------------

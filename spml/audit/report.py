@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from spml.audit.where import Box, WhereCheck
 from spml.metrics import StreamingRanking, sigmoid
 from spml.runtime import atomic_path
 
@@ -31,8 +32,8 @@ REPORT_COLUMNS = ("rank", "image", "class", "score", "rejected", "positive", "pr
                   "masked_logit", "gap", "truth", "line", "suspect_box", "positive_box", "fold", "decision")
 # A part file holds the report's rows without rank and decision, in this order.
 PART_COLUMNS = REPORT_COLUMNS[1:-1]
-_SCORE, _LOGIT, _TRUTH, _CLASS, _IMAGE, _REJECTED = (
-    PART_COLUMNS.index(name) for name in ("score", "logit", "truth", "class", "image", "rejected"))
+_SCORE, _LOGIT, _TRUTH, _CLASS, _IMAGE, _REJECTED, _SUSPECT = (
+    PART_COLUMNS.index(name) for name in ("score", "logit", "truth", "class", "image", "rejected", "suspect_box"))
 RUN_ROWS = 100_000  # rows per sorted run on disk: bounds the memory of the final sort
 TOP_K = 100  # the fixed k of precision/recall@k, beside k = number of hidden positives
 RANKINGS = ("audit", "probability", "large_loss")
@@ -125,9 +126,11 @@ def _metrics(raw: dict[str, float | int], hidden: int) -> dict[str, Any]:
 
 
 def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_truth: bool,
-           classes: list[str]) -> tuple[int, int, dict[str, Any] | None]:
+                 classes: list[str], boxes: dict[tuple[str, str], list[Box]] | None = None
+                 ) -> tuple[int, int, dict[str, Any] | None]:
     """Write the sorted report (its ``top`` first rows, or all) and evaluate the rankings where the
-    truth is known; returns (rows written, candidates the rule rejects, evaluation or None)."""
+    truth is known (and, with the data set's drawn ``boxes``, where the audit looks: :mod:`spml.audit.where`);
+    returns (rows written, candidates the rule rejects, evaluation or None)."""
     runs_folder = work / "runs"
     shutil.rmtree(runs_folder, ignore_errors=True)
     runs_folder.mkdir(parents=True)
@@ -148,6 +151,8 @@ def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_
 
     score_runs = _sorted_runs(counted(_read_parts(parts)), by_score, runs_folder, "score")
     evaluations = {name: _Evaluation(positives) for name in RANKINGS} if has_truth else {}
+    # The counts are complete once the runs are sorted: the top N of the check is known before the merge.
+    where = WhereCheck(boxes, sum(positives.values())) if has_truth and boxes is not None else None
     written = 0
     with atomic_path(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -158,6 +163,8 @@ def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_
                 written += 1
             if has_truth:
                 evaluations["audit"].add(float(row[_SCORE]), int(row[_TRUTH]), row[_CLASS])
+            if where is not None:
+                where.add(rank, row[_IMAGE], row[_CLASS], row[_TRUTH] == "1", row[_SUSPECT])
             elif top is not None and rank >= top:
                 break
     if not has_truth:
@@ -178,6 +185,7 @@ def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_
         "rankings": {name: evaluation.result() for name, evaluation in evaluations.items()},
         "rule": {"precision": rule["rejected_hidden"] / rule["rejected"] if rule["rejected"] else None,
                  "recall": rule["rejected_hidden"] / total if total else None},
+        "where": None if where is None else where.result(),
     }
 
 

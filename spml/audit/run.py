@@ -40,6 +40,7 @@ from tqdm import tqdm
 from spml.audit.folds import FoldModels
 from spml.audit.report import merge_report, report_json_path
 from spml.audit.scoring import SCORE_FORMULA, SCORE_VERSION, batch_evidence, candidate_values, format_box, gap_scale
+from spml.audit.where import read_boxes
 from spml.checkpoint import LoadedModel
 from spml.data.dataset import ImageDataset, SkipBrokenImages, collate_skipping_broken
 from spml.data.generic import SEPARATOR, Split, load_dataset
@@ -267,7 +268,8 @@ def audit_dataset(
     summary: dict[str, Any] = {}
     if rank == 0:
         parts = [work / f"rank{r}-of-{world}.csv" for r in range(world)]
-        written, rejected, evaluation = merge_report(parts, work, out, top, part.has_hidden_labels, model.classes)
+        written, rejected, evaluation = merge_report(parts, work, out, top, part.has_hidden_labels, model.classes,
+                                                     read_boxes(data.root))
         skipped = list(part.skipped) + [message for state in states for message in state["skipped"]]
         summary = {
             "dataset": str(data.root),

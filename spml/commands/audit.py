@@ -64,6 +64,11 @@ def run_audit(args: argparse.Namespace) -> int:
             print(f"  {name:12s} AP {overall['average_precision']:.4f}  AUROC {auroc:.4f}  "
                   f"P@100 {overall['precision_at_100']:.3f}  R@100 {overall['recall_at_100']:.3f}  "
                   f"P@hidden {overall['precision_at_hidden']:.3f}")
+        where = evaluation.get("where")
+        if where and where["share"] is not None:
+            print(f"where: of the {where['with_drawn_box']} hidden labels in the top {where['top']}, "
+                  f"{where['centre_inside']} ({where['share']:.1%}) have a drawn box of their class whose centre "
+                  "lies in the suspect box")
     if args.json:
         print(json.dumps(summary))
     return 0

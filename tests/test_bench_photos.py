@@ -116,3 +116,25 @@ def test_bench_cleanlab_runs_end_to_end_on_a_tiny_world(tmp_path, capsys):
         for figures in (result["pairs"]["audit"], result["pairs"]["probability"]):
             assert 0.0 <= figures["ap"] <= 1.0 and 0.0 <= figures["auroc"] <= 1.0
     assert payload["settings"]["photos"] == str(args.photos) and "| single | an |" in capsys.readouterr().out
+
+
+def test_a_multilabel_set_gets_the_single_positive_anchor(tmp_path):
+    from conftest import make_coco_set
+
+    from train.prepare import prepare_coco_set
+
+    make_coco_set(tmp_path / "coco", photos=30)
+    data = prepare_coco_set(tmp_path / "coco" / "instances.json", tmp_path / "coco" / "images", tmp_path / "data",
+                            progress=False)
+    out = tmp_path / "bench.json"
+    assert _bench("--data", str(data), "--sizes", "32", "--threads", "1", "--workers", "0", "--out", str(out)) == 0
+    result = json.loads(out.read_text())
+    assert result["kind"] == "multi-label photos, single positives"
+    assert (result["val_photos"], result["test_photos"]) == (3, 6)
+    anchor = result["anchor"]
+    assert [row["C"] for row in anchor["grid"]] == list(ANCHOR_C)
+    assert anchor["chosen"] == max(anchor["grid"], key=lambda row: row["val_map"])
+    # One regression for each class annotated in some training photos but not all of them.
+    observed = load_dataset(data).split("train").observed == 1
+    assert anchor["classes_fitted"] == int((observed.any(axis=0) & ~observed.all(axis=0)).sum())
+    assert all(0.0 < row["test_map"] <= 100.0 for row in anchor["grid"])

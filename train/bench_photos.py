@@ -125,6 +125,48 @@ def anchor_figures(scenes: Split, photos_train: Split, photos_val: Split, sizes:
     return {"chosen": best, "grid": results, "feature_size": feature_size}
 
 
+def single_positive_anchor(train: Split, val: Split, test: Split, feature_size: int, batch_size: int,
+                           workers: int) -> dict[str, Any]:
+    """The anchor of a multi-label set with single positives (``train prepare coco``): the same ImageNet
+    features, one logistic regression a class fitted on the training photos' annotated positives against
+    every other photo (assume negative: the only labels a single-positive set has), C chosen by val mAP,
+    test mAP over the classes with a positive and a negative. A class never annotated gets no regression
+    (a constant score: its AP is its share of positives)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    network = create_model("efficientnet_lite0", train.labels.shape[1], pretrained=True)
+    features = {split.name: pooled_features(network, _loader(split, feature_size, network, batch_size, workers),
+                                            f"anchor: {split.name} photos")[0] for split in (train, val, test)}
+    scaler = StandardScaler().fit(features["train"])
+    inputs = {name: scaler.transform(x) for name, x in features.items()}
+    annotated = train.observed == 1
+    fitted = [k for k in range(annotated.shape[1]) if annotated[:, k].any() and not annotated[:, k].all()]
+    results = []
+    for c in ANCHOR_C:
+        scores = {name: np.zeros((len(x), annotated.shape[1])) for name, x in inputs.items() if name != "train"}
+        for k in fitted:
+            classifier = LogisticRegression(C=c, max_iter=2000).fit(inputs["train"], annotated[:, k])
+            for name in scores:
+                scores[name][:, k] = classifier.decision_function(inputs[name])
+        results.append({"C": c, "val_map": mean_average_precision(scores["val"], val.labels, scorable_only=True),
+                        "test_map": mean_average_precision(scores["test"], test.labels, scorable_only=True)})
+    best = max(results, key=lambda row: row["val_map"])
+    return {"chosen": best, "grid": results, "feature_size": feature_size, "classes_fitted": len(fitted)}
+
+
+def multilabel_figures(model: LoadedModel, splits: list[Split], sizes: list[int], batch_size: int,
+                       workers: int) -> dict[str, Any]:
+    """A checkpoint's mAP on each split at each size, over the classes with a positive and a negative."""
+    figures: dict[str, Any] = {"trained_at": model.training.get("image_size", model.image_size)}
+    for split in splits:
+        for size in sizes:
+            loader = _loader(split, size, model.network, batch_size, workers, model.resize)
+            scores, labels = predict(model.network, loader, torch.device("cpu"))
+            figures[f"{split.name}_map_{size}"] = mean_average_precision(scores, labels, scorable_only=True)
+    return figures
+
+
 def run_figures(run: Path) -> dict[str, Any]:
     """Minutes, images/s and (CALR) the rule's rejection precision by epoch, from a run's metrics.csv."""
     path = run / "metrics.csv"
@@ -140,7 +182,9 @@ def run_figures(run: Path) -> dict[str, Any]:
 
 
 def add_bench_photos_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="data/photos", help="a data set made by `train prepare photos`")
+    parser.add_argument("--data", default="data/photos", help="a data set made by `train prepare photos`, or a "
+                        "multi-label set with single positives (`train prepare coco`: checkpoints' val and test mAP "
+                        "and the anchor fitted on the single positives, one logistic regression a class)")
     parser.add_argument("--checkpoints", nargs="*", default=[],
                         help="checkpoints to score (a run's best/ or an export)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448], help="input sizes for the scenes")
@@ -152,8 +196,44 @@ def add_bench_photos_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_bench_photos)
 
 
+def run_bench_multilabel(args: argparse.Namespace) -> dict[str, Any]:
+    """bench-photos on a multi-label set of real photos with single positives (``train prepare coco``):
+    each checkpoint's val and test mAP at every size, and the single-positive anchor."""
+    dataset = load_dataset(args.data)
+    splits = [dataset.split(name) for name in ("val", "test") if name in dataset.splits]
+    result: dict[str, Any] = {"data": str(args.data), "kind": "multi-label photos, single positives",
+                              **{f"{s.name}_photos": len(s.images) for s in splits}, "sizes": args.sizes,
+                              "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                          "torch_threads": torch.get_num_threads()}, "checkpoints": {}}
+    for source in args.checkpoints:
+        model = load_model(source)
+        if model.classes != dataset.classes:
+            raise ValueError(f"{source}: its classes differ from those of {args.data}")
+        run = Path(source).parent if Path(source).name == "best" else Path(source)
+        result["checkpoints"][source] = {"loss": model.training.get("loss"),
+                                         **multilabel_figures(model, splits, args.sizes, args.batch_size, args.workers),
+                                         **run_figures(run)}
+        print(json.dumps({source: result["checkpoints"][source]}), flush=True)
+    if not args.no_anchor:
+        result["anchor"] = single_positive_anchor(dataset.split("train"), *splits, feature_size=max(args.sizes),
+                                                  batch_size=args.batch_size, workers=args.workers)
+        print(json.dumps({"anchor": result["anchor"]}), flush=True)
+    return result
+
+
 def run_bench_photos(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    # Without single photos beside it, the data set is a multi-label set of photos (COCO's kind).
+    scenes = (Path(args.data) / "photos" / "classes.txt").is_file()
+    result = run_bench_scenes(args) if scenes else run_bench_multilabel(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_bench_scenes(args: argparse.Namespace) -> dict[str, Any]:
+    """bench-photos on scenes of photos (``train prepare photos``): see the module's docstring."""
     scenes_set, photos_set = load_dataset(args.data), load_dataset(Path(args.data) / "photos")
     scenes, photos_val = scenes_set.split("val"), photos_set.split("val")
     result: dict[str, Any] = {"data": str(args.data), "val_scenes": len(scenes.images),
@@ -173,7 +253,4 @@ def run_bench_photos(args: argparse.Namespace) -> int:
         result["anchor"] = anchor_figures(scenes, photos_set.split("train"), photos_val, args.sizes,
                                           args.batch_size, args.workers)
         print(json.dumps({"anchor": result["anchor"]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return result

@@ -42,6 +42,15 @@ def tiny_config(data: Path, out: Path, loss: str = "calr", **changes) -> TrainCo
     return TrainConfig(**values).validate()
 
 
+def read_events(run: Path):
+    """The run's TensorBoard events, read by TensorBoard's own reader (it drops what a resume purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    events.Reload()
+    return events
+
+
 def read_metrics(run: Path) -> list[dict[str, str]]:
     with (run / "metrics.csv").open() as handle:
         return list(csv.DictReader(handle))
@@ -148,6 +157,15 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_world, tmp_path):
     ours, theirs = load_file(killed / "best" / "model.safetensors"), load_file(reference / "best" / "model.safetensors")
     assert ours.keys() == theirs.keys()
     assert all(ours[name].equal(theirs[name]) for name in ours)
+    # TensorBoard: the resumed run's curves go on where the saved epoch ended, one event a step (24 images,
+    # batch 8: 3 steps an epoch), and its epoch scalars are metrics.csv's.
+    events = read_events(killed)
+    assert [event.step for event in events.Scalars("step/loss")] == list(range(1, 10))
+    assert [event.step for event in events.Scalars("epoch/val_map")] == [3, 6, 9]
+    assert [event.value for event in events.Scalars("epoch/val_map")] == pytest.approx(
+        [float(row["val_map"]) for row in read_metrics(killed)])
+    assert [event.value for event in events.Scalars("step/loss")] == pytest.approx(
+        [event.value for event in read_events(reference).Scalars("step/loss")], rel=1e-5)
 
 
 @pytest.mark.parametrize("world", ["tiny_world", "tiny_partial_world"])
@@ -164,6 +182,7 @@ def test_ddp_with_two_processes_on_gloo(world, request, tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world size 2" in result.stderr
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes TensorBoard events
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 2 and 0.0 <= summary["test_map"] <= 100.0
     rows = read_metrics(out)

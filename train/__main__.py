@@ -31,6 +31,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                         help="start from ImageNet weights")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bfloat16 autocast (default: on for CUDA)")
+    parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                        help="TensorBoard event files in the run folder (default on): tensorboard --logdir runs")
     parser.add_argument("--device", help="auto, cpu or cuda")
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument("--seed", type=int)
@@ -55,7 +57,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, key) for key in (
         "data", "loss", "arch", "out", "epochs", "batch_size", "image_size", "resize", "lr", "warmup_epochs",
         "pretrained", "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad", "single_positive",
-        "expected_positives")}
+        "expected_positives", "tensorboard")}
     config = load_config(args.config, overrides)
     if config.synthetic is not None and not (Path(config.data) / "classes.txt").is_file():
         from spml.data import make_synthetic_dataset

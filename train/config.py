@@ -57,6 +57,7 @@ class TrainConfig:
     skip_bad: bool = False
     single_positive: bool = False  # draw one positive per row from labels by the protocol (files without one)
     log_every: int = 10
+    tensorboard: bool = True  # event files in the run folder (train/board.py): tensorboard --logdir runs
     # Make the synthetic world at `data` first when it is missing: {seed, train, val, test, image_size}.
     synthetic: dict[str, Any] | None = None
     export: str | None = None  # copy the best checkpoint and summary here when training ends

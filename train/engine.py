@@ -27,6 +27,7 @@ from spml.losses import Objective, create_objective
 from spml.model import SPMLModel, create_model
 from spml.runtime import DistInfo, atomic_path, atomic_write_text, close_distributed, init_distributed, resolve_device
 from train import distributed
+from train.board import RunBoard, cam_grid, grid_images
 from train.config import TrainConfig, check_paths
 from train.fold_split import without_fold
 from train.loop import (
@@ -42,7 +43,7 @@ from train.loop import (
 log = logging.getLogger("train")
 STATE_NAME = "state.pt"
 # Options that may differ between the run that started and the command that resumes it.
-_RESUMABLE_DIFFERENCES = {"out", "device", "workers", "log_every", "eval_batch_size"}
+_RESUMABLE_DIFFERENCES = {"out", "device", "workers", "log_every", "eval_batch_size", "tensorboard"}
 
 
 def build_optimizer(config: TrainConfig, network: SPMLModel, objective: Objective) -> torch.optim.Optimizer:
@@ -281,73 +282,88 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
     labels_per_image = expected_labels(config, train_split)  # the probes' estimate needs it every epoch
     dataset_name = Path(config.data).name
     first_epoch = config.epochs + 1 if state.stopped_epoch is not None else state.epoch + 1
-    for epoch in range(first_epoch, config.epochs + 1):
-        # Shuffling and augmentation are seeded per epoch, so a resumed epoch replays identically.
-        torch.manual_seed(config.seed * 1000 + epoch)
-        generator.manual_seed(config.seed * 1000 + epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, objective, loader, optimizer, scheduler, epoch, device, config, info,
-                                full_labels_known)
-        objective.synchronize()
-        val_map = evaluate(network, val_split, config, device, info)
-        thresholds = calr_thresholds(objective)
-        row = {"epoch": epoch, "train_loss": round(stats.loss, 6),
-               **{f"loss_{name}": round(value, 6) for name, value in stats.parts.items()},
-               "val_map": round(val_map, 4), "rejected": stats.rejected, "rejected_true": stats.rejected_true,
-               "rejection_precision": None if stats.rejection_precision is None
-               else round(stats.rejection_precision, 4),
-               "rejected_fraction_of_unknown": round(stats.rejected / max(stats.unknown_entries, 1), 6),
-               "gap_threshold": None if thresholds is None else round(thresholds.gap_threshold, 6),
-               **rejection_diagnostics(objective, stats, None if config.max_steps_per_epoch else train_split,
-                                       labels_per_image),
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 2),
-               "images_per_s": round(stats.images / max(stats.seconds, 1e-9), 2)}
-        state.history.append(row)
-        state.epoch = epoch
-        if info.is_main:
-            if val_map > state.best_val_map:
-                state.best_val_map, state.best_epoch = val_map, epoch
-                # The best checkpoint keeps the thresholds of its own epoch, which describe its weights.
-                save_checkpoint(_loaded(network, dataset.classes, config, thresholds,
-                                        _training_summary(config, state, dataset_name)), run / "best")
-            elif early_stop_reached(state.best_val_map, val_map, config.early_stop_drop):
-                state.stopped_epoch = epoch
-            _atomic_torch_save({"model": network.state_dict(), "objective": objective.state_dict(),
-                                "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                "run": state.__dict__}, state_path)
-            _write_metrics(run / "metrics.csv", state.history)
-            log.info("epoch %d: loss %.4f, val mAP %.2f (best %.2f @ %d), rejected %d%s, %.1f img/s", epoch,
-                     stats.loss, val_map, state.best_val_map, state.best_epoch, stats.rejected,
-                     "" if row["rejection_precision"] is None else f" (precision {row['rejection_precision']:.3f})",
-                     row["images_per_s"])
-            estimate = row.get("estimated_precision")
-            if estimate is not None:
-                log.info("epoch %d: the rule would reject %d of %d probes (hidden annotated positives); "
-                         "estimated precision %.3f", epoch, stats.probes_flagged, stats.probes, estimate)
-                if objective.gated and epoch < config.epochs:
-                    log.info("the rule stays off in the next epoch: its estimated precision %.3f is below "
-                             "min_precision %g", estimate, objective.min_precision)
-                if estimate < 0.5 and stats.rejected:
-                    if config.pretrained:  # ungated by default there, where the benchmark saw it pay
-                        log.info("the rule's estimated precision is %.2f (below 0.5); with ImageNet features the "
-                                 "benchmark's ungated rule gained at a precision of 0.14 to 0.56 with several "
-                                 "positives (docs/method.md); to check on your data compare a run with "
-                                 "--warmup-epochs %d (the rule off) on your validation split", estimate,
-                                 config.epochs)
-                    else:
-                        log.warning("the rejection rule is guessing: its estimated precision is %.2f (below 0.5), "
-                                    "so most entries it drops are likely true negatives; compare a run with "
-                                    "--warmup-epochs %d (the rule off) on your validation split", estimate,
-                                    config.epochs)
-        state = distributed.broadcast_object(info, state)
-        distributed.barrier(info)
-        if state.stopped_epoch is not None:
-            log.info("early stop after epoch %d: val mAP %.2f is more than %g below the best, %.2f at epoch %d",
-                     epoch, val_map, config.early_stop_drop, state.best_val_map, state.best_epoch)
-            break
-    return _finish(config, test_split, state, device, info, run, dataset_name)
+    epoch_steps = steps_per_epoch(loader, config)
+    board = RunBoard.open(run, state.epoch * epoch_steps + 1) if config.tensorboard and info.is_main else None
+    picks = grid_images(val_split) if board is not None else []
+    try:
+        for epoch in range(first_epoch, config.epochs + 1):
+            # Shuffling and augmentation are seeded per epoch, so a resumed epoch replays identically.
+            torch.manual_seed(config.seed * 1000 + epoch)
+            generator.manual_seed(config.seed * 1000 + epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            before = (epoch - 1) * epoch_steps
+            on_step = None if board is None else (
+                lambda step, loss, rates, before=before: board.step(before + step + 1, loss, rates))
+            stats = train_one_epoch(model, objective, loader, optimizer, scheduler, epoch, device, config, info,
+                                    full_labels_known, on_step)
+            objective.synchronize()
+            val_map = evaluate(network, val_split, config, device, info)
+            thresholds = calr_thresholds(objective)
+            row = {"epoch": epoch, "train_loss": round(stats.loss, 6),
+                   **{f"loss_{name}": round(value, 6) for name, value in stats.parts.items()},
+                   "val_map": round(val_map, 4), "rejected": stats.rejected, "rejected_true": stats.rejected_true,
+                   "rejection_precision": None if stats.rejection_precision is None
+                   else round(stats.rejection_precision, 4),
+                   "rejected_fraction_of_unknown": round(stats.rejected / max(stats.unknown_entries, 1), 6),
+                   "gap_threshold": None if thresholds is None else round(thresholds.gap_threshold, 6),
+                   **rejection_diagnostics(objective, stats, None if config.max_steps_per_epoch else train_split,
+                                           labels_per_image),
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 2),
+                   "images_per_s": round(stats.images / max(stats.seconds, 1e-9), 2)}
+            state.history.append(row)
+            state.epoch = epoch
+            if board is not None:
+                board.epoch(epoch * epoch_steps, row, None if thresholds is None else thresholds.class_average)
+                if picks:
+                    board.cams(epoch * epoch_steps, cam_grid(_loaded(network, dataset.classes, config, thresholds, {}),
+                                                             picks))
+            if info.is_main:
+                if val_map > state.best_val_map:
+                    state.best_val_map, state.best_epoch = val_map, epoch
+                    # The best checkpoint keeps the thresholds of its own epoch, which describe its weights.
+                    save_checkpoint(_loaded(network, dataset.classes, config, thresholds,
+                                            _training_summary(config, state, dataset_name)), run / "best")
+                elif early_stop_reached(state.best_val_map, val_map, config.early_stop_drop):
+                    state.stopped_epoch = epoch
+                _atomic_torch_save({"model": network.state_dict(), "objective": objective.state_dict(),
+                                    "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                    "run": state.__dict__}, state_path)
+                _write_metrics(run / "metrics.csv", state.history)
+                log.info("epoch %d: loss %.4f, val mAP %.2f (best %.2f @ %d), rejected %d%s, %.1f img/s", epoch,
+                         stats.loss, val_map, state.best_val_map, state.best_epoch, stats.rejected,
+                         "" if row["rejection_precision"] is None else f" (precision {row['rejection_precision']:.3f})",
+                         row["images_per_s"])
+                estimate = row.get("estimated_precision")
+                if estimate is not None:
+                    log.info("epoch %d: the rule would reject %d of %d probes (hidden annotated positives); "
+                             "estimated precision %.3f", epoch, stats.probes_flagged, stats.probes, estimate)
+                    if objective.gated and epoch < config.epochs:
+                        log.info("the rule stays off in the next epoch: its estimated precision %.3f is below "
+                                 "min_precision %g", estimate, objective.min_precision)
+                    if estimate < 0.5 and stats.rejected:
+                        if config.pretrained:  # ungated by default there, where the benchmark saw it pay
+                            log.info("the rule's estimated precision is %.2f (below 0.5); with ImageNet features the "
+                                     "benchmark's ungated rule gained at a precision of 0.14 to 0.56 with several "
+                                     "positives (docs/method.md); to check on your data compare a run with "
+                                     "--warmup-epochs %d (the rule off) on your validation split", estimate,
+                                     config.epochs)
+                        else:
+                            log.warning("the rejection rule is guessing: its estimated precision is %.2f (below 0.5), "
+                                        "so most entries it drops are likely true negatives; compare a run with "
+                                        "--warmup-epochs %d (the rule off) on your validation split", estimate,
+                                        config.epochs)
+            state = distributed.broadcast_object(info, state)
+            distributed.barrier(info)
+            if state.stopped_epoch is not None:
+                log.info("early stop after epoch %d: val mAP %.2f is more than %g below the best, %.2f at epoch %d",
+                         epoch, val_map, config.early_stop_drop, state.best_val_map, state.best_epoch)
+                break
+        return _finish(config, test_split, state, device, info, run, dataset_name, board, state.epoch * epoch_steps)
+    finally:
+        if board is not None:
+            board.close()
 
 
 def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresholds, training: dict) -> LoadedModel:
@@ -358,7 +374,8 @@ def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresho
 
 
 def _finish(config: TrainConfig, test_split: Split | None, state: RunState, device: torch.device,
-            info: DistInfo, run: Path, dataset_name: str) -> dict[str, Any]:
+            info: DistInfo, run: Path, dataset_name: str, board: RunBoard | None = None,
+            last_step: int = 0) -> dict[str, Any]:
     from spml.checkpoint import load_model
     from spml.familiarity import calibrate_checkpoint
 
@@ -371,6 +388,8 @@ def _finish(config: TrainConfig, test_split: Split | None, state: RunState, devi
     precisions = [row["rejection_precision"] for row in state.history if row.get("rejection_precision") is not None]
     summary["final_rejection_precision"] = last.get("rejection_precision")
     summary["mean_rejection_precision"] = float(np.mean(precisions)) if precisions else None
+    if board is not None and test_map is not None:
+        board.test(last_step, test_map)
     if info.is_main:
         best.training.update({"test_map": test_map})
         save_checkpoint(best, run / "best")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,11 @@ def steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
 
 def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, epoch: int, device: torch.device,
-                    config: TrainConfig, info: DistInfo, full_labels_known: bool) -> EpochStats:
+                    config: TrainConfig, info: DistInfo, full_labels_known: bool,
+                    on_step: Callable[[int, float, list[float]], None] | None = None) -> EpochStats:
+    """One pass over ``loader``. ``on_step(step, loss, learning rates)`` is called after each optimizer
+    step (``step`` counted from 0 in the epoch; the rates those of the step, before the scheduler moves
+    them): the run's TensorBoard curves."""
     model.train()
     objective.train()
     amp = bool(config.amp)
@@ -113,6 +118,8 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
         result.loss.float().backward()
         distributed.average_gradients(info, objective_parameters)
         optimizer.step()
+        if on_step is not None:
+            on_step(step, float(result.loss.detach()), [group["lr"] for group in optimizer.param_groups])
         if scheduler is not None:
             scheduler.step()
         totals[0] += result.loss.detach().float()

@@ -51,6 +51,19 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray, scorable_onl
     return 100.0 * float(np.mean(per_class))
 
 
+def precision_recall_curve(scores: np.ndarray, targets: np.ndarray, points: int = 200
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) of the top k of the ranking (highest scores first, stable order for ties) at
+    up to ``points`` values of k spread over the whole ranking, k = 1 and the last included: a curve to
+    draw, not to integrate (:func:`average_precision` is the area's figure). Empty without a positive."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    hits = np.cumsum(np.asarray(targets).ravel()[np.argsort(-scores, kind="mergesort")] > 0)
+    if hits.size == 0 or hits[-1] == 0:
+        return np.zeros(0), np.zeros(0)
+    ks = np.unique(np.linspace(1, hits.size, num=min(points, hits.size)).round().astype(int))
+    return hits[ks - 1] / hits[-1], hits[ks - 1] / ks
+
+
 def roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
     """Area under the ROC curve (ties count one half); NaN when only one class is present."""
     return float(_ranking(scores, targets)["auroc"])

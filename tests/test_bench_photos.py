@@ -116,6 +116,11 @@ def test_bench_cleanlab_runs_end_to_end_on_a_tiny_world(tmp_path, capsys):
         for figures in (result["pairs"]["audit"], result["pairs"]["probability"]):
             assert 0.0 <= figures["ap"] <= 1.0 and 0.0 <= figures["auroc"] <= 1.0
     assert payload["settings"]["photos"] == str(args.photos) and "| single | an |" in capsys.readouterr().out
+    # Each ranking's precision-recall curve ends where its ranking ends (every hidden label found) and is drawn.
+    curve = payload["results"][0]["pairs"]["audit"]["curve"]
+    assert curve["recall"][-1] == 1.0 and len(curve["recall"]) == len(curve["precision"])
+    with Image.open(tmp_path / "precision_recall.png") as picture:
+        assert picture.format == "PNG" and picture.width >= 600  # two panels side by side
 
 
 def test_a_multilabel_set_gets_the_single_positive_anchor(tmp_path):

@@ -11,6 +11,7 @@ from spml.metrics import (
     mean_average_precision,
     precision_at_recall,
     precision_recall_at_k,
+    precision_recall_curve,
     roc_auc,
     scorable_classes,
     sigmoid,
@@ -116,3 +117,13 @@ def test_mean_average_precision_over_scorable_classes_only():
     assert mean_average_precision(scores, targets) == pytest.approx(100 * (1.0 + 1.0 + 0.0) / 3)
     with pytest.raises(ValueError, match="no class has both"):
         mean_average_precision(scores, np.ones_like(targets), scorable_only=True)
+
+
+def test_precision_recall_curve_hand_case():
+    # Ranked: 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg): top 1, 2, 3, 4.
+    recall, precision = precision_recall_curve(np.array([0.1, 0.9, 0.7, 0.8]), np.array([0, 1, 1, 0]))
+    assert recall.tolist() == [0.5, 0.5, 1.0, 1.0]
+    assert precision.tolist() == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
+    recall, precision = precision_recall_curve(np.arange(1000.0), np.arange(1000) % 2, points=10)
+    assert len(recall) == 10 and recall[-1] == 1.0 and precision[-1] == 0.5
+    assert precision_recall_curve(np.array([0.5]), np.array([0]))[0].size == 0

@@ -49,7 +49,7 @@ from spml.data.dataset import ImageDataset
 from spml.data.generic import load_dataset
 from spml.data.scenes import make_photo_scenes
 from spml.data.synthetic import make_synthetic_dataset
-from spml.metrics import average_precision, precision_recall_at_k, roc_auc
+from spml.metrics import average_precision, precision_recall_at_k, precision_recall_curve, roc_auc
 from train.bench_method.worlds import DEFAULT_PHOTOS, PHOTO_WORLDS
 from train.config import TrainConfig
 
@@ -123,10 +123,32 @@ def probabilities(model: LoadedModel | FoldModels, root: Path) -> np.ndarray:
     return out
 
 
-def _ranking(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def _ranking(scores: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     hidden = int(truth.sum())
+    recall, precision = precision_recall_curve(scores, truth)
     return {"ap": average_precision(scores, truth), "auroc": roc_auc(scores, truth),
-            "p_at_hidden": precision_recall_at_k(scores, truth, hidden)[0]}
+            "p_at_hidden": precision_recall_at_k(scores, truth, hidden)[0],
+            "curve": {"recall": np.round(recall, 4).tolist(), "precision": np.round(precision, 4).tolist()}}
+
+
+def best_cleanlab_scorer(pairs: dict[str, Any]) -> str:
+    """The name of cleanlab's per-class scorer with the highest AP."""
+    scorers = [name for name in pairs if name.startswith("cleanlab per-class") and "ap" in pairs[name]]
+    return max(scorers, key=lambda name: pairs[name]["ap"])
+
+
+def plot_results(results: list[dict[str, Any]], path: Path) -> Path:
+    """The precision-recall curves of the audit, the probability and cleanlab's best per-class scorer, a
+    panel for each world, loss and sample."""
+    from train.plots import plot_precision_recall
+
+    panels = {}
+    for result in results:
+        pairs = result["pairs"]
+        names = {"audit": "audit", "probability": "probability", best_cleanlab_scorer(pairs): "cleanlab (best)"}
+        panels[f"{result['world']}, {result['loss']}, {result['sample']}"] = {
+            label: {**pairs[name]["curve"], "ap": pairs[name]["ap"]} for name, label in names.items()}
+    return plot_precision_recall(panels, path)
 
 
 def _flags(flags: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -221,14 +243,13 @@ def _table(results: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         pairs, images = result["pairs"], result["images_"]
-        scorers = {name: value for name, value in pairs.items() if name.startswith("cleanlab per-class")}
-        best = max(scorers, key=lambda name: scorers[name]["ap"])
+        best = best_cleanlab_scorer(pairs)
         flags = pairs["cleanlab find_multilabel_issues_per_class (flags)"]
         image_flags = images["cleanlab find_label_issues (flags)"]
         lines.append(
             f"| {result['world']} | {result['loss']} | {result['sample']} ({result['val_map']:.1f}) | "
             f"{_cell(pairs['audit'])} | {_cell(pairs['probability'])} | "
-            f"{_cell(scorers[best])} ({best.removeprefix('cleanlab per-class ')}) | "
+            f"{_cell(pairs[best])} ({best.removeprefix('cleanlab per-class ')}) | "
             f"{flags['precision']:.3f} / {flags['recall']:.3f} | {_cell(images['audit (best candidate)'])} | "
             f"{_cell(images['cleanlab get_label_quality_scores'])} | "
             f"{image_flags['precision']:.3f} / {image_flags['recall']:.3f} |")
@@ -250,6 +271,7 @@ def run_bench_cleanlab(args: argparse.Namespace) -> int:
                 if key != "func"}
     payload = {"results": results, "seconds": time.perf_counter() - started, "machine": machine, "settings": settings}
     (work / "results.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    plot_results(results, work / "precision_recall.png")
     print("AP / AUROC / precision at the number of left-out labels; results.json has every ranking")
     print(_table(results))
     print(f"{payload['seconds']:.0f} s; results in {work / 'results.json'}")

@@ -16,6 +16,7 @@ import numpy as np
 from spml.runtime import atomic_write_text
 from train.bench_method.separability import RECALLS, SCORE_MEANINGS, SCORES
 from train.bench_method.worlds import METHODS, NO_REJECTION, BenchWorld
+from train.plots import plot_methods, plot_rule_share
 
 
 @dataclass
@@ -220,6 +221,14 @@ def write_outputs(out: Path, results: list[RunResult], worlds: list[BenchWorld],
     epoch_rows = [{"world": r.world, "method": r.method, "seed": r.seed, **e} for r in results for e in r.epochs]
     columns = list(dict.fromkeys(key for row in epoch_rows for key in row))
     atomic_write_text(out / "epochs.csv", _csv(columns, epoch_rows))
+    if results:
+        seeds: dict[tuple[str, str], list[float]] = {}
+        for r in results:
+            seeds.setdefault((r.world, r.method), []).append(r.test_map)
+        names = [spec.name for spec in worlds]
+        plot_methods(summary, seeds, names, methods, out / "map_by_method.png")
+        if plot_rule_share(summary["rule_share"], names, out / "rule_share.png") is None:
+            (out / "rule_share.png").unlink(missing_ok=True)  # not a picture of another sweep's shares
     return summary
 
 

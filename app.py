@@ -149,6 +149,10 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                         f"one, else `{DEMO_CHECKPOINT}` (with the model of real photos selected, say), and the summary "
                         "says which.", elem_id="audit-example-info")
             audit_summary = gr.Markdown(elem_id="audit-summary")
+            audit_curve = gr.LinePlot(x="recall", y="precision", color="ranking", visible=False, height=300,
+                                      title="Where the data set knows its missing labels: precision and recall of "
+                                            "the audit's ranking and of the class probability",
+                                      x_lim=[0, 1], y_lim=[0, 1], elem_id="audit-curve")
             with gr.Group(elem_id="review"):
                 question = gr.Markdown("Run an audit to review its suspects.", elem_id="review-question")
                 with gr.Row():
@@ -185,7 +189,8 @@ def build_app(checkpoint: str | None = None, audits: Path | None = None) -> gr.B
                 "threshold": threshold, "norm": norm, "examples": examples, "labels": labels, "overlay": overlay,
                 "masked": masked, "crop": crop, "table": table, "summary": summary, "world": world,
                 "cam_gallery": cam_gallery, "gallery_classes": gallery_classes, "audit_summary": audit_summary,
-                "audit_table": audit_table, "gallery": gallery, "report": report, "audit_id": audit_id,
+                "audit_table": audit_table, "gallery": gallery, "report": report, "audit_curve": audit_curve,
+                "audit_id": audit_id,
                 "position": position, "question": question, "review_cam": review_cam,
                 "review_positive": review_positive, "review_masked": review_masked, "review_crop": review_crop,
                 "status": status,

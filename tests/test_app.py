@@ -436,7 +436,7 @@ def test_output_files_are_unique_and_pruned(tmp_path):
     assert np.asarray(Image.open(again.overlay)).shape == (4, 6, 3) and again.crop is None
     assert Path(again.cam_gallery[0][0]).parent == Path(again.overlay).parent
     assert not Path(view.overlay).exists(), "folders older than max_age are removed"
-    gallery = app_audit.AuditView("s", {}, [(image, "first"), (image, "second")], "r", "x").written(files)
+    gallery = app_audit.AuditView("s", {}, [(image, "first"), (image, "second")], "r", None, "x").written(files)
     assert [caption for _, caption in gallery.gallery] == ["first", "second"]
     assert all(Path(path).is_file() for path, _ in gallery.gallery)
 
@@ -452,8 +452,8 @@ def auditor(app_checkpoint, tmp_path_factory) -> app_audit.AuditController:
 
 def test_audit_callback_ranks_shows_evidence_and_finds_the_audit_again(auditor, audit_zips):
     view = auditor.audit(str(audit_zips["good"]), gallery_size=3)
-    summary, table, gallery, report, audit_id = view.outputs()
-    assert "images of `train`" in summary and "Hidden labels known" in summary
+    summary, table, gallery, report, curve, audit_id = view.outputs()
+    assert "images of `train`" in summary and "Hidden labels known" in summary and curve.visible
     assert table["headers"][:3] == ["rank", "image", "class"] and table["data"][0][0] == 1
     scores = [row[3] for row in table["data"]]
     assert scores == sorted(scores, reverse=True)
@@ -488,7 +488,7 @@ def test_review_decisions_persist_undo_and_export(auditor, audit_zips):
     assert "1 labels added and 0 classes" in message and exported.visible
     rows = {line.split(",")[0]: line for line in Path(exported.value["path"]).read_text().splitlines()[1:]}
     assert first[0]["class"] in rows[first[0]["image"]]
-    nothing = (gr.skip(),) * 12
+    nothing = (gr.skip(),) * 13  # the audit view and the review view, each component left as it is
     assert restarted.restore("f" * 24) == nothing and restarted.restore("../etc") == nothing
 
 
@@ -559,6 +559,21 @@ def test_api_audit_endpoint(served, audit_zips):
     parameters = served.view_api(print_info=False, return_format="dict")["named_endpoints"]["/audit"]["parameters"]
     assert parameters[0]["parameter_name"] == "zip_file" and not parameters[0]["parameter_has_default"]
     assert all(p["parameter_has_default"] for p in parameters[1:])
-    summary, table, gallery, report = served.predict(handle_file(str(audit_zips["good"])), api_name="/audit")
+    summary, table, gallery, report, curve = served.predict(handle_file(str(audit_zips["good"])), api_name="/audit")
     assert "images of `train`" in summary and table["data"][0][0] == 1 and len(gallery) == 12
+    # The data set knows its missing labels: the precision-recall curves of both rankings, each to recall 1.
+    assert curve["visible"] and curve["value"]["columns"] == ["recall", "precision", "ranking"]
+    series = {name: [row for row in curve["value"]["data"] if row[2] == name] for name in ("audit", "probability")}
+    assert all(0 < len(rows) <= 100 and rows[-1][0] == 1.0 for rows in series.values())
+    assert len(curve["value"]["data"]) == sum(len(rows) for rows in series.values())
     assert Path(report).read_text().startswith("rank,image,class,score")
+
+
+def test_audit_curve_is_hidden_without_hidden_labels():
+    from spml.app.audit import audit_curve
+
+    assert audit_curve({"evaluation": None}).visible is False
+    shown = audit_curve({"evaluation": {"rankings": {
+        "audit": {"curve": {"recall": [0.5, 1.0], "precision": [1.0, 0.5]}},
+        "probability": {"curve": {"recall": [0.0, 1.0], "precision": [0.0, 0.5]}}}}})
+    assert shown.visible is True

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 
 from spml.app.common import UserError, View, gpu
 from spml.app.registry import DEMO_CHECKPOINT, CheckpointRegistry, is_synthetic
@@ -63,6 +64,19 @@ def audit_summary_markdown(summary: dict[str, Any]) -> str:
     return "  \n".join(lines)
 
 
+def audit_curve(summary: dict[str, Any]) -> gr.LinePlot:
+    """The precision-recall curves of the audit's ranking and of the class probability against the hidden
+    labels (the audit's evaluation); hidden where the data set carries none to score against."""
+    evaluation = summary.get("evaluation")
+    if not evaluation:
+        return gr.LinePlot(value=None, visible=False)
+    points = [{"recall": recall, "precision": precision, "ranking": name}
+              for name in ("audit", "probability")
+              for recall, precision in zip(evaluation["rankings"][name]["curve"]["recall"],
+                                           evaluation["rankings"][name]["curve"]["precision"], strict=True)]
+    return gr.LinePlot(value=pd.DataFrame(points), visible=True)
+
+
 def audit_table(rows: list[dict[str, str]]) -> dict[str, list]:
     headers = ["rank", "image", "class", "score", "probability", "gap", "rejected", "positive"]
     has_truth = any(row.get("truth") not in (None, "") for row in rows)
@@ -93,6 +107,7 @@ class AuditView(View):
     audit_table: dict[str, list]
     gallery: Any  # [(image, caption), ...], or gr.skip() to leave the gallery as it is
     report: str
+    audit_curve: gr.LinePlot  # precision-recall against the hidden labels; hidden when there are none
     audit_id: str
 
 
@@ -121,7 +136,7 @@ def _audit_view(run: AuditRun, audit_id: str, rows: list[dict[str, str]], galler
     """A finished audit as the tab shows it: its summary, its first rows (of ``rows``), ``gallery``."""
     return AuditView(audit_summary=audit_summary_markdown(run.summary),
                      audit_table=audit_table(rows[:AUDIT_TABLE_ROWS]), gallery=gallery, report=str(run.report),
-                     audit_id=audit_id)
+                     audit_curve=audit_curve(run.summary), audit_id=audit_id)
 
 
 class AuditController:

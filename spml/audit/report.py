@@ -36,6 +36,7 @@ _SCORE, _LOGIT, _TRUTH, _CLASS, _IMAGE, _REJECTED, _SUSPECT = (
     PART_COLUMNS.index(name) for name in ("score", "logit", "truth", "class", "image", "rejected", "suspect_box"))
 RUN_ROWS = 100_000  # rows per sorted run on disk: bounds the memory of the final sort
 TOP_K = 100  # the fixed k of precision/recall@k, beside k = number of hidden positives
+CURVE_POINTS = 100  # points of each ranking's precision-recall curve in the evaluation
 RANKINGS = ("audit", "probability", "large_loss")
 
 
@@ -79,8 +80,11 @@ def _read_parts(paths: list[Path]) -> Iterator[list[str]]:
 class _Evaluation:
     """Streaming metrics of one ranking, overall and per class, fed rows in descending key order."""
 
-    def __init__(self, positives: dict[str, int]):
-        self.overall = StreamingRanking(sorted({TOP_K, sum(positives.values())}))
+    def __init__(self, positives: dict[str, int], candidates: int):
+        # The ranks at which the precision-recall curve is read: spread over the whole ranking.
+        self.curve_ks = np.unique(np.linspace(1, max(candidates, 1), num=min(CURVE_POINTS, max(candidates, 1)))
+                                  .round().astype(int)).tolist()
+        self.overall = StreamingRanking(sorted({TOP_K, sum(positives.values()), *self.curve_ks}))
         self.per_class = {name: StreamingRanking(sorted({TOP_K, count})) for name, count in positives.items()}
         self.positives = positives
         self._keys: list[float] = []
@@ -105,7 +109,10 @@ class _Evaluation:
     def result(self) -> dict[str, Any]:
         self.flush()
         total = sum(self.positives.values())
-        return {"overall": _metrics(self.overall.result(), total),
+        raw = self.overall.result()
+        curve = {"recall": [raw[f"recall_at_{k}"] for k in self.curve_ks],
+                 "precision": [raw[f"precision_at_{k}"] for k in self.curve_ks]}
+        return {"overall": _metrics(raw, total), "curve": curve,
                 "per_class": {name: _metrics(ranking.result(), self.positives[name])
                               for name, ranking in self.per_class.items()}}
 
@@ -135,13 +142,14 @@ def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_
     shutil.rmtree(runs_folder, ignore_errors=True)
     runs_folder.mkdir(parents=True)
     positives = dict.fromkeys(classes, 0)
-    rule = {"rejected": 0, "rejected_hidden": 0}
+    rule = {"rejected": 0, "rejected_hidden": 0, "candidates": 0}
 
     def by_score(row: list[str]) -> tuple[float, str, str]:
         return -float(row[_SCORE]), row[_IMAGE], row[_CLASS]
 
     def counted(rows: Iterable[list[str]]) -> Iterator[list[str]]:
         for row in rows:
+            rule["candidates"] += 1
             rejected = row[_REJECTED] == "1"
             rule["rejected"] += rejected
             if has_truth and row[_TRUTH] == "1":
@@ -150,7 +158,7 @@ def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_
             yield row
 
     score_runs = _sorted_runs(counted(_read_parts(parts)), by_score, runs_folder, "score")
-    evaluations = {name: _Evaluation(positives) for name in RANKINGS} if has_truth else {}
+    evaluations = {name: _Evaluation(positives, rule["candidates"]) for name in RANKINGS} if has_truth else {}
     # The counts are complete once the runs are sorted: the top N of the check is known before the merge.
     where = WhereCheck(boxes, sum(positives.values())) if has_truth and boxes is not None else None
     written = 0
@@ -163,8 +171,8 @@ def merge_report(parts: list[Path], work: Path, out: Path, top: int | None, has_
                 written += 1
             if has_truth:
                 evaluations["audit"].add(float(row[_SCORE]), int(row[_TRUTH]), row[_CLASS])
-            if where is not None:
-                where.add(rank, row[_IMAGE], row[_CLASS], row[_TRUTH] == "1", row[_SUSPECT])
+                if where is not None:
+                    where.add(rank, row[_IMAGE], row[_CLASS], row[_TRUTH] == "1", row[_SUSPECT])
             elif top is not None and rank >= top:
                 break
     if not has_truth:

@@ -48,7 +48,7 @@ CSS = f"""
 #world-notice:not(:empty) {{ border-left: 4px solid #d97706; background: #fffbeb; padding: 0.4em 0.8em; }}
 .spml-fit img {{ width: 100%; height: {IMAGE_HEIGHT - 56}px !important; object-fit: contain;
                  image-rendering: pixelated; }}
-"""
+{assets.CAM_GALLERY_CSS}"""
 
 
 def audit_dir() -> Path:

@@ -97,3 +97,27 @@ def open_example_audit(page) -> None:
     page.locator("#audit-example").click()
     page.locator("#audit-summary").get_by_text("suspects found").wait_for()
     review_status(page, "Decided 0")
+
+
+def gallery_tiles(page) -> list[dict]:
+    """Each tile of the CAM gallery: its map's box, its caption's box and text (page pixels)."""
+    tiles = []
+    for item in page.locator("#cam-gallery button.thumbnail-item").all():
+        image, caption = item.locator("img"), item.locator(".caption-label")
+        tiles.append({"image": image.bounding_box(), "caption": caption.bounding_box(),
+                      "text": caption.inner_text()})
+    return tiles
+
+
+def check_gallery_tiles(page, side: int) -> list[dict]:
+    """The gallery's tiles: each map a square ``side`` px wide (within 2 px: borders), its caption
+    ("label probability") right under it, none stretched to the column."""
+    tiles = gallery_tiles(page)
+    assert tiles, "no CAM in the gallery"
+    for tile in tiles:
+        image, caption = tile["image"], tile["caption"]
+        assert abs(image["width"] - side) <= 2 and abs(image["height"] - image["width"]) <= 1, tile
+        assert caption["y"] >= image["y"] + image["height"] - 1, f"the caption is not under the map: {tile}"
+        name, probability = tile["text"].rsplit(" ", 1)
+        assert name and 0.0 <= float(probability) <= 1.0
+    return tiles

@@ -6,8 +6,10 @@ time, and test_app_browser.py keeps its page open for all its tests.
 from __future__ import annotations
 
 import pytest
-from browser import image_src, open_page, require_chromium
+from browser import check_gallery_tiles, image_src, open_page, require_chromium
 from conftest import app_key, served_app
+
+from spml.app.assets import CAM_GALLERY_LARGE
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
@@ -35,4 +37,7 @@ def test_the_photos_model_on_a_real_photo_example(photos_checkpoint, tmp_path_fa
         page.locator(f'#table [role=grid][aria-rowcount="{len(classes)}"]').wait_for()
         assert "rejected" in page.locator("#table thead").inner_text()
         assert page.locator("#world-notice").inner_text().strip() == "", "a real photo is of its world"
+        # One predicted label: one large map, its caption under it, not stretched to the column's width.
+        tiles = check_gallery_tiles(page, CAM_GALLERY_LARGE)
+        assert [tile["text"].split()[0] for tile in tiles] == ["cat"]
     assert [u for u in requests if not u.startswith((url, "data:", "blob:"))] == []

@@ -19,6 +19,26 @@ REVIEW_KEYS_JS = """() => {
 }"""
 
 
+# The CAM gallery: each map a square tile of a fixed size with its caption (label and probability) under it,
+# never stretched to the column's width (Gradio gives a gallery of one image one column); one or two
+# predicted labels get large tiles side by side, three or more a row of thumbnails.
+CAM_GALLERY_LARGE = 264
+CAM_GALLERY_SMALL = 136
+CAM_GALLERY_CSS = f"""
+#cam-gallery .grid-wrap {{ height: auto !important; min-height: 0 !important; }}
+#cam-gallery .grid-container {{ grid-template-columns: repeat(auto-fill, {CAM_GALLERY_LARGE}px) !important;
+                                justify-content: start; }}
+#cam-gallery .grid-container:has(> .gallery-item:nth-child(3)) {{
+  grid-template-columns: repeat(auto-fill, {CAM_GALLERY_SMALL}px) !important; }}
+#cam-gallery button.thumbnail-item {{ aspect-ratio: auto !important; height: auto !important; width: 100%;
+                                      display: flex; flex-direction: column; }}
+#cam-gallery button.thumbnail-item img {{ width: 100% !important; height: auto !important; aspect-ratio: 1;
+                                          object-fit: contain !important; }}
+#cam-gallery .caption-label {{ position: static !important; max-width: none; text-align: center; margin: 0;
+                               border-radius: 0; background: var(--block-background-fill);
+                               color: var(--body-text-color); }}
+"""
+
 INTRO = """\
 # Which labels did the annotator miss?
 Many multi-label data sets give each training image **a single positive label**, although several

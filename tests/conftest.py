@@ -59,6 +59,8 @@ def make_coco_set(root: Path, photos: int = 20) -> dict:
 
 # The app's default: the model of real photos, trained by `train fit --config train/configs/photos_calr.yaml`.
 PHOTOS_CHECKPOINT = ROOT / "checkpoints" / "photos"
+# COCO's 80 classes, trained by `train fit --config train/configs/coco_calr.yaml --data data/coco`.
+COCO_CHECKPOINT = ROOT / "checkpoints" / "coco"
 # A few classes of real things: a checkpoint whose world is not the synthetic one (the photos model's kind).
 PHOTO_CLASSES = ["airplane", "bird", "car", "cat", "chair", "church", "dog", "face", "motorbike", "tulip"]
 # The app's tests import gradio; a machine without it (the stock GPU machine of scripts/gpu_check.sh)
@@ -112,6 +114,36 @@ def photo_classes_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     training = {"dataset": "data/photos", "loss": "calr", "epochs": 1}
     model = replace(make_spread_model(training=training), classes=list(PHOTO_CLASSES))
     return save_checkpoint(model, tmp_path_factory.mktemp("photo-classes") / "fixture")
+
+
+@pytest.fixture(scope="session")
+def coco_checkpoint() -> Path:
+    """checkpoints/coco (committed; a test that needs it fails loudly if it is missing)."""
+    assert (COCO_CHECKPOINT / "config.json").is_file(), f"{COCO_CHECKPOINT} is missing"
+    return COCO_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def shared_coco_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small COCO-format upload cut from ../shared/coco at test time (never committed): the first 16
+    photos with two or more classes, their boxes and COCO's categories, zipped as someone would upload it."""
+    if not (SHARED_COCO / "instances.json").is_file():
+        pytest.skip(f"the COCO photos are not at {SHARED_COCO} on this machine")
+    data = json.loads((SHARED_COCO / "instances.json").read_text())
+    classes_of: dict[int, set[int]] = {}
+    for annotation in data["annotations"]:
+        classes_of.setdefault(annotation["image_id"], set()).add(annotation["category_id"])
+    images = [image for image in sorted(data["images"], key=lambda i: i["id"])
+              if len(classes_of.get(image["id"], ())) >= 2][:16]
+    chosen = {image["id"] for image in images}
+    subset = {"images": images, "categories": data["categories"],
+              "annotations": [a for a in data["annotations"] if a["image_id"] in chosen]}
+    archive_path = tmp_path_factory.mktemp("coco-upload") / "street-coco.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        archive.writestr("street/annotations/instances_train.json", json.dumps(subset))
+        for image in images:
+            archive.write(SHARED_COCO / "images" / image["file_name"], f"street/train/{image['file_name']}")
+    return archive_path
 
 
 @pytest.fixture(scope="session")

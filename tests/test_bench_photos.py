@@ -143,3 +143,29 @@ def test_a_multilabel_set_gets_the_single_positive_anchor(tmp_path):
     observed = load_dataset(data).split("train").observed == 1
     assert anchor["classes_fitted"] == int((observed.any(axis=0) & ~observed.all(axis=0)).sum())
     assert all(0.0 < row["test_map"] <= 100.0 for row in anchor["grid"])
+
+
+def test_bench_cleanlab_coco_world_scores_the_audit_and_where_it_looks(tmp_path, monkeypatch):
+    """The coco world on a tiny COCO-format set (the real world's backbone at 64 px, 2 epochs, 2 folds):
+    every ranking scored, and the audit's suspect boxes checked against the drawn ones."""
+    from dataclasses import replace
+
+    from conftest import make_coco_set
+
+    from train import bench_cleanlab
+
+    make_coco_set(tmp_path / "coco", photos=30)
+    monkeypatch.setattr(bench_cleanlab, "COCO_WORLD", replace(bench_cleanlab.COCO_WORLD, image_size=64, epochs=2,
+                                                              warmup_epochs=1))
+    parser = argparse.ArgumentParser()
+    bench_cleanlab.add_bench_cleanlab_arguments(parser)
+    args = parser.parse_args(["--work", str(tmp_path / "work"), "--folds", "2", "--losses", "calr", "--worlds", "coco",
+                              "--coco", str(tmp_path / "coco"), "--threads", "1"])
+    assert bench_cleanlab.run_bench_cleanlab(args) == 0
+    payload = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert [(r["world"], r["sample"]) for r in payload["results"]] == [("coco", "in-sample"), ("coco", "out-of-sample")]
+    for result in payload["results"]:
+        assert 0.0 <= result["pairs"]["audit"]["ap"] <= 1.0
+        where = result["where"]
+        assert where["top"] == result["hidden_labels"] and where["with_drawn_box"] == where["hidden_in_top"]
+        assert 0 <= where["centre_inside"] <= where["with_drawn_box"]

@@ -2,9 +2,11 @@
 not a pass/fail test).
 
 On a small synthetic world (single positives, and partial labels where the data set reader takes
-several positives), or on scenes of 2 to 4 real photos (``photos``: ``train prepare photos`` from
+several positives), on scenes of 2 to 4 real photos (``photos``: ``train prepare photos`` from
 ``--photos``, one protocol-drawn positive, trained as bench-method's photo worlds: the photos model's
-pretrained EfficientNet-Lite0, 160 px), models are trained by CALR and by AN, once on the whole
+pretrained EfficientNet-Lite0, 160 px), or on real multi-label photos (``coco``: ``train prepare coco``
+of ``--coco``, one protocol-drawn positive a photo, trained as bench-method's coco world; the audit also
+says where it looks against the drawn boxes), models are trained by CALR and by AN, once on the whole
 training split (in-sample: the audited images are the training images) and cross-fitted with
 ``--folds K`` (out-of-sample: every training image scored by the model that never saw it). Every
 training image's unannotated (image, class) pairs are then ranked, against the hidden labels (those
@@ -50,12 +52,13 @@ from spml.data.generic import load_dataset
 from spml.data.scenes import make_photo_scenes
 from spml.data.synthetic import make_synthetic_dataset
 from spml.metrics import average_precision, precision_recall_at_k, precision_recall_curve, roc_auc
-from train.bench_method.worlds import DEFAULT_PHOTOS, PHOTO_WORLDS
+from train.bench_method.worlds import COCO_WORLDS, DEFAULT_COCO, DEFAULT_PHOTOS, PHOTO_WORLDS
 from train.config import TrainConfig
 
-WORLDS = ("single", "partial", "photos")
+WORLDS = ("single", "partial", "photos", "coco")
 PHOTO_WORLD = PHOTO_WORLDS["photos-several"]
 PHOTO_MIX = PHOTO_WORLD.world.mix  # scenes of 2 to 4 photos: one positive each, the others hidden
+COCO_WORLD = COCO_WORLDS["coco"]  # real multi-label photos, one positive each: bench-method's budget
 
 
 def add_bench_cleanlab_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,17 +74,26 @@ def add_bench_cleanlab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--losses", default="calr,an")
     parser.add_argument("--worlds", default="single,partial", help=f"of {', '.join(WORLDS)}")
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="the image folder of the photos world")
+    parser.add_argument("--coco", type=Path, default=DEFAULT_COCO,
+                        help="the COCO-format set of the coco world (instances.json and images/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
 
 
 def make_world(work: Path, kind: str, args: argparse.Namespace) -> Path:
-    """The ``single`` or ``partial`` synthetic world, or the ``photos`` world, under ``work`` (made once)."""
+    """The ``single`` or ``partial`` synthetic world, the ``photos`` world or the ``coco`` world, under ``work``
+    (made once)."""
     if kind not in WORLDS:
         raise ValueError(f"unknown world {kind!r}; choose of {', '.join(WORLDS)}")
     root = work / f"world-{kind}"
-    if kind == "photos" and not (root / "classes.txt").is_file():
+    if kind == "coco" and not (root / "classes.txt").is_file():
+        # The photos of --coco split by photo as `train prepare coco` splits them, one protocol positive each;
+        # the training split is the one audited (--train and --val do not apply).
+        from train.prepare import prepare_coco_set
+
+        prepare_coco_set(args.coco / "instances.json", args.coco / "images", root, seed=args.seed, progress=False)
+    elif kind == "photos" and not (root / "classes.txt").is_file():
         make_photo_scenes(args.photos, root, seed=args.seed, train=args.train, val=args.val,
                           image_size=PHOTO_WORLD.image_size, mix=PHOTO_MIX, progress=False)
     elif not (root / "classes.txt").is_file():
@@ -98,6 +110,8 @@ def _config(args: argparse.Namespace, data: Path, out: Path, loss: str, world: s
     if world == "photos":  # bench-method's photos-several world: the same backbone, size and budget
         return PHOTO_WORLD.train_config(loss, loss_options, args.seed, data=str(data), out=str(out),
                                         resize="letterbox", device="cpu")
+    if world == "coco":  # bench-method's coco world: the same backbone, size and budget
+        return COCO_WORLD.train_config(loss, loss_options, args.seed, data=str(data), out=str(out), device="cpu")
     return TrainConfig(data=str(data), out=str(out), loss=loss, arch="compact", arch_options={"width": args.width},
                        pretrained=False, epochs=args.epochs, batch_size=32, image_size=args.image_size, lr=1e-3,
                        head_lr_multiplier=1.0, warmup_epochs=min(3, args.epochs - 1), device="cpu", workers=0,
@@ -223,9 +237,12 @@ def run_one(args: argparse.Namespace, work: Path, root: Path, world: str, loss: 
     for sample, checkpoint in (("in-sample", in_run / "best"), ("out-of-sample", out_run)):
         model = load_audit_model(checkpoint)
         report = work / f"audit-{world}-{loss}-{sample}.csv"
-        audit_dataset(model, root, "train", report, batch_size=32, show_progress_bar=False)
+        audited = audit_dataset(model, root, "train", report, batch_size=32, show_progress_bar=False)
         result = evaluate(report, root, probabilities(model, root), model.classes)
-        results.append({"world": world, "loss": loss, "sample": sample, "val_map": val_map[sample], **result})
+        # Where the audit looks, against the drawn boxes of a world that has them (coco).
+        where = (audited.summary.get("evaluation") or {}).get("where")
+        results.append({"world": world, "loss": loss, "sample": sample, "val_map": val_map[sample], **result,
+                        "where": where})
     return results
 
 

@@ -73,3 +73,13 @@ def test_a_wrong_path_fails_before_the_first_step(workspace, tmp_path, monkeypat
     assert train_main(["fit", "--config", str(stage), "--data", str(data), "--out", str(tmp_path / "r"),
                        *ONE_STEP]) == 2
     assert "init_from runs/photos_calr/best: not a checkpoint" in capsys.readouterr().err
+
+
+def test_no_export_leaves_the_recipes_export_folder_alone(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = ROOT / "train" / "configs" / "demo.yaml"  # exports checkpoints/demo
+    data = workspace / "elsewhere" / "mine"
+    assert train_main(["fit", "--config", str(recipe), "--data", str(data), "--no-export", *ONE_STEP]) == 0
+    assert (tmp_path / "runs" / "demo" / "summary.json").is_file()
+    assert not (tmp_path / "checkpoints").exists()
+    assert yaml.safe_load((tmp_path / "runs" / "demo" / "config.yaml").read_text())["export"] is None

@@ -33,6 +33,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                         help="bfloat16 autocast (default: on for CUDA)")
     parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                         help="TensorBoard event files in the run folder (default on): tensorboard --logdir runs")
+    parser.add_argument("--no-export", action="store_true",
+                        help="leave the recipe's export folder (a committed checkpoint, say) as it is")
     parser.add_argument("--device", help="auto, cpu or cuda")
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument("--seed", type=int)
@@ -59,6 +61,8 @@ def _run_fit(args: argparse.Namespace) -> int:
         "pretrained", "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad", "single_positive",
         "expected_positives", "tensorboard")}
     config = load_config(args.config, overrides)
+    if args.no_export:
+        config.export = None
     if config.synthetic is not None and not (Path(config.data) / "classes.txt").is_file():
         from spml.data import make_synthetic_dataset
 

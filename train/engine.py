@@ -43,7 +43,8 @@ from train.loop import (
 log = logging.getLogger("train")
 STATE_NAME = "state.pt"
 # Options that may differ between the run that started and the command that resumes it.
-_RESUMABLE_DIFFERENCES = {"out", "device", "workers", "log_every", "eval_batch_size", "tensorboard"}
+_RESUMABLE_DIFFERENCES = {"out", "device", "workers", "log_every", "eval_batch_size", "tensorboard", "export",
+                          "export_half"}
 
 
 def build_optimizer(config: TrainConfig, network: SPMLModel, objective: Objective) -> torch.optim.Optimizer:

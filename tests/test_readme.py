@@ -138,3 +138,15 @@ def test_readme_has_the_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = ROOT / ".ci" / "run"
     assert TEST_COMMAND in ci.read_text(encoding="utf-8").splitlines()
+
+
+def test_readme_headline_table_reads_in_a_minute() -> None:
+    """At most 10 rows, each one line of three cells: what, the figure, the link to its table."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Headline figures", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")][2:]  # less the header and its rule
+    assert 1 <= len(rows) <= 10, f"{len(rows)} rows in the headline table"
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+        assert len(cells) == 3 and all(cells), row
+        assert re.search(r"\]\([^)]+\)", cells[2]), f"no link in the last cell: {row}"

@@ -82,12 +82,15 @@ def review_status(page, text: str) -> None:
     page.wait_for_timeout(300)  # the event settles: a key pressed while it is pending is ignored by design
 
 
-def audit_zip(page, archive: Path) -> None:
-    """The Audit tab's audit of the data set zip ``archive``, run and waiting for its first review decision."""
+def audit_zip(page, archive: Path, audited: int | None = None) -> None:
+    """The Audit tab's audit of the data set zip ``archive``, run and waiting for its first review decision
+    (and, given ``audited``, for the summary's count of audited images)."""
     page.get_by_role("tab", name="Audit").click()
     page.locator("#audit-zip input[type=file]").set_input_files(str(archive))
     page.locator("#audit-zip").get_by_text(archive.name).wait_for()
     page.locator("#audit-run").click()
+    if audited is not None:
+        page.locator("#audit-summary").get_by_text(f"Audited {audited} images").wait_for()
     review_status(page, "Decided 0")
 
 

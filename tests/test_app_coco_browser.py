@@ -6,7 +6,7 @@ reviewed. A module of its own: playwright drives one browser at a time."""
 from __future__ import annotations
 
 import pytest
-from browser import check_gallery_tiles, image_src, open_page, require_chromium, review_status, upload
+from browser import audit_zip, check_gallery_tiles, image_src, open_page, require_chromium, review_status, upload
 from conftest import app_key, served_app
 
 from spml.app.assets import CAM_GALLERY_LARGE, CAM_GALLERY_SMALL
@@ -42,13 +42,8 @@ def test_the_coco_model_on_a_photo_and_a_coco_upload(coco_checkpoint, shared_coc
         # 80 classes: a header row and one row for every class but the positive.
         page.locator('#table [role=grid][aria-rowcount="80"]').wait_for()
 
-        page.get_by_role("tab", name="Audit").click()
-        page.locator("#audit-zip input[type=file]").set_input_files(str(shared_coco_zip))
-        page.locator("#audit-zip").get_by_text("street-coco.zip").wait_for()
-        page.locator("#audit-run").click()
         # 16 photos without a val.csv: the protocol keeps 20% of them for validation, 13 are audited.
-        page.locator("#audit-summary").get_by_text("Audited 13 images").wait_for()
-        review_status(page, "Decided 0")
+        audit_zip(page, shared_coco_zip, audited=13)
         assert "street/train/" in page.locator("#review-question").inner_text()
         assert image_src(page, "review-cam")
         page.keyboard.press("c")

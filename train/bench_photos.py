@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,20 +197,30 @@ def add_bench_photos_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_bench_photos)
 
 
+def _result(args: argparse.Namespace, **counts: Any) -> dict[str, Any]:
+    """The start of a bench-photos result: the data set, what it holds, the sizes, the machine."""
+    return {"data": str(args.data), **counts, "sizes": args.sizes,
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "torch_threads": torch.get_num_threads()}, "checkpoints": {}}
+
+
+def _checkpoints(args: argparse.Namespace, classes: list[str]) -> Iterator[tuple[str, LoadedModel, Path]]:
+    """Each ``--checkpoints`` source, its model (of ``classes``, or a ValueError naming it) and its run folder."""
+    for source in args.checkpoints:
+        model = load_model(source)
+        if model.classes != classes:
+            raise ValueError(f"{source}: its classes differ from those of {args.data}")
+        yield source, model, Path(source).parent if Path(source).name == "best" else Path(source)
+
+
 def run_bench_multilabel(args: argparse.Namespace) -> dict[str, Any]:
     """bench-photos on a multi-label set of real photos with single positives (``train prepare coco``):
     each checkpoint's val and test mAP at every size, and the single-positive anchor."""
     dataset = load_dataset(args.data)
     splits = [dataset.split(name) for name in ("val", "test") if name in dataset.splits]
-    result: dict[str, Any] = {"data": str(args.data), "kind": "multi-label photos, single positives",
-                              **{f"{s.name}_photos": len(s.images) for s in splits}, "sizes": args.sizes,
-                              "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                          "torch_threads": torch.get_num_threads()}, "checkpoints": {}}
-    for source in args.checkpoints:
-        model = load_model(source)
-        if model.classes != dataset.classes:
-            raise ValueError(f"{source}: its classes differ from those of {args.data}")
-        run = Path(source).parent if Path(source).name == "best" else Path(source)
+    result = _result(args, kind="multi-label photos, single positives",
+                     **{f"{s.name}_photos": len(s.images) for s in splits})
+    for source, model, run in _checkpoints(args, dataset.classes):
         result["checkpoints"][source] = {"loss": model.training.get("loss"),
                                          **multilabel_figures(model, splits, args.sizes, args.batch_size, args.workers),
                                          **run_figures(run)}
@@ -236,16 +247,9 @@ def run_bench_scenes(args: argparse.Namespace) -> dict[str, Any]:
     """bench-photos on scenes of photos (``train prepare photos``): see the module's docstring."""
     scenes_set, photos_set = load_dataset(args.data), load_dataset(Path(args.data) / "photos")
     scenes, photos_val = scenes_set.split("val"), photos_set.split("val")
-    result: dict[str, Any] = {"data": str(args.data), "val_scenes": len(scenes.images),
-                              "val_photos": len(photos_val.images), "sizes": args.sizes,
-                              "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                          "torch_threads": torch.get_num_threads()}, "checkpoints": {}}
-    for source in args.checkpoints:
-        model = load_model(source)
-        if model.classes != scenes_set.classes:
-            raise ValueError(f"{source}: its classes differ from those of {args.data}")
+    result = _result(args, val_scenes=len(scenes.images), val_photos=len(photos_val.images))
+    for source, model, run in _checkpoints(args, scenes_set.classes):
         figures = checkpoint_figures(model, scenes, photos_val, args.sizes, args.batch_size, args.workers)
-        run = Path(source).parent if Path(source).name == "best" else Path(source)
         result["checkpoints"][source] = {"loss": model.training.get("loss"), **figures, **run_figures(run)}
         print(json.dumps({source: {k: v for k, v in result["checkpoints"][source].items() if k != "photo_errors"}}),
               flush=True)

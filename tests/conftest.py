@@ -66,7 +66,10 @@ PHOTO_CLASSES = ["airplane", "bird", "car", "cat", "chair", "church", "dog", "fa
 # The app's tests import gradio; a machine without it (the stock GPU machine of scripts/gpu_check.sh)
 # runs everything else.
 collect_ignore = [] if importlib.util.find_spec("gradio") else ["test_app.py", "test_app_browser.py",
-                                                            "test_app_photos_browser.py"]
+                                                            "test_app_photos_browser.py", "test_app_coco_browser.py"]
+# Nor has it tensorboard (train fit's events) or matplotlib (the benchmarks' pictures).
+collect_ignore += [] if importlib.util.find_spec("tensorboard") else ["test_board.py"]
+collect_ignore += [] if importlib.util.find_spec("matplotlib") else ["test_plots.py"]
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

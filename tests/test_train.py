@@ -4,6 +4,7 @@ push, bench, and the errors a user meets."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -158,7 +159,10 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_world, tmp_path):
     assert ours.keys() == theirs.keys()
     assert all(ours[name].equal(theirs[name]) for name in ours)
     # TensorBoard: the resumed run's curves go on where the saved epoch ended, one event a step (24 images,
-    # batch 8: 3 steps an epoch), and its epoch scalars are metrics.csv's.
+    # batch 8: 3 steps an epoch), and its epoch scalars are metrics.csv's. (The stock GPU machine of
+    # scripts/gpu_check.sh has no tensorboard: its runs write no events, and the resume is checked above.)
+    if importlib.util.find_spec("tensorboard") is None:
+        return
     events = read_events(killed)
     assert [event.step for event in events.Scalars("step/loss")] == list(range(1, 10))
     assert [event.step for event in events.Scalars("epoch/val_map")] == [3, 6, 9]

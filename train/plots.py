@@ -7,7 +7,8 @@
 - :func:`plot_precision_recall`: bench-cleanlab's precision-recall curves of the audit against the class
   probability and cleanlab's scorers.
 
-matplotlib draws off screen (Agg) and is imported only here.
+matplotlib draws off screen (Agg) and is imported only here; where it is missing the commands write their
+tables and say that the pictures are not drawn.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ PLACEBOS = ("calr-placebo", "calr-placebo-no-gate")
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("the benchmarks' pictures need matplotlib (pip install matplotlib==3.10.9)") from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

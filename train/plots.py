@@ -72,7 +72,7 @@ def plot_rule_share(shares: dict[str, Any], worlds: list[str], path: Path) -> Pa
     if not variants:
         return None
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(1.6 + 1.5 * len(worlds) * len(variants) / 2, 4))
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.6 + 0.75 * len(worlds) * len(variants)), 4))
     width = 0.8 / len(variants)
     labelled: set[str] = set()
     for v, method in enumerate(variants):
@@ -90,7 +90,7 @@ def plot_rule_share(shares: dict[str, Any], worlds: list[str], path: Path) -> Pa
     axis.axhline(0.0, color="black", linewidth=0.8)
     axis.set_xticks(range(len(worlds)), worlds)
     axis.set_ylabel("test mAP minus CALR without rejection")
-    axis.set_title("the rule's own share, beside its placebo (random drops, as many)")
+    axis.set_title("the rule's own share, beside its placebo (random drops, as many)", fontsize=10)
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()

@@ -286,85 +286,84 @@ def _fit(config: TrainConfig, device: torch.device, info: DistInfo, run: Path) -
     epoch_steps = steps_per_epoch(loader, config)
     board = RunBoard.open(run, state.epoch * epoch_steps + 1) if config.tensorboard and info.is_main else None
     picks = grid_images(val_split) if board is not None else []
-    try:
-        for epoch in range(first_epoch, config.epochs + 1):
-            # Shuffling and augmentation are seeded per epoch, so a resumed epoch replays identically.
-            torch.manual_seed(config.seed * 1000 + epoch)
-            generator.manual_seed(config.seed * 1000 + epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            before = (epoch - 1) * epoch_steps
-            on_step = None if board is None else (
-                lambda step, loss, rates, before=before: board.step(before + step + 1, loss, rates))
-            stats = train_one_epoch(model, objective, loader, optimizer, scheduler, epoch, device, config, info,
-                                    full_labels_known, on_step)
-            objective.synchronize()
-            val_map = evaluate(network, val_split, config, device, info)
-            thresholds = calr_thresholds(objective)
-            row = {"epoch": epoch, "train_loss": round(stats.loss, 6),
-                   **{f"loss_{name}": round(value, 6) for name, value in stats.parts.items()},
-                   "val_map": round(val_map, 4), "rejected": stats.rejected, "rejected_true": stats.rejected_true,
-                   "rejection_precision": None if stats.rejection_precision is None
-                   else round(stats.rejection_precision, 4),
-                   "rejected_fraction_of_unknown": round(stats.rejected / max(stats.unknown_entries, 1), 6),
-                   "gap_threshold": None if thresholds is None else round(thresholds.gap_threshold, 6),
-                   **rejection_diagnostics(objective, stats, None if config.max_steps_per_epoch else train_split,
-                                           labels_per_image),
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 2),
-                   "images_per_s": round(stats.images / max(stats.seconds, 1e-9), 2)}
-            state.history.append(row)
-            state.epoch = epoch
-            if board is not None:
-                board.epoch(epoch * epoch_steps, row, None if thresholds is None else thresholds.class_average)
-                if picks:
-                    board.cams(epoch * epoch_steps, cam_grid(_loaded(network, dataset.classes, config, thresholds, {}),
-                                                             picks))
-            if info.is_main:
-                if val_map > state.best_val_map:
-                    state.best_val_map, state.best_epoch = val_map, epoch
-                    # The best checkpoint keeps the thresholds of its own epoch, which describe its weights.
-                    save_checkpoint(_loaded(network, dataset.classes, config, thresholds,
-                                            _training_summary(config, state, dataset_name)), run / "best")
-                elif early_stop_reached(state.best_val_map, val_map, config.early_stop_drop):
-                    state.stopped_epoch = epoch
-                _atomic_torch_save({"model": network.state_dict(), "objective": objective.state_dict(),
-                                    "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                    "run": state.__dict__}, state_path)
-                _write_metrics(run / "metrics.csv", state.history)
-                log.info("epoch %d: loss %.4f, val mAP %.2f (best %.2f @ %d), rejected %d%s, %.1f img/s", epoch,
-                         stats.loss, val_map, state.best_val_map, state.best_epoch, stats.rejected,
-                         "" if row["rejection_precision"] is None else f" (precision {row['rejection_precision']:.3f})",
-                         row["images_per_s"])
-                estimate = row.get("estimated_precision")
-                if estimate is not None:
-                    log.info("epoch %d: the rule would reject %d of %d probes (hidden annotated positives); "
-                             "estimated precision %.3f", epoch, stats.probes_flagged, stats.probes, estimate)
-                    if objective.gated and epoch < config.epochs:
-                        log.info("the rule stays off in the next epoch: its estimated precision %.3f is below "
-                                 "min_precision %g", estimate, objective.min_precision)
-                    if estimate < 0.5 and stats.rejected:
-                        if config.pretrained:  # ungated by default there, where the benchmark saw it pay
-                            log.info("the rule's estimated precision is %.2f (below 0.5); with ImageNet features the "
-                                     "benchmark's ungated rule gained at a precision of 0.14 to 0.56 with several "
-                                     "positives (docs/method.md); to check on your data compare a run with "
-                                     "--warmup-epochs %d (the rule off) on your validation split", estimate,
-                                     config.epochs)
-                        else:
-                            log.warning("the rejection rule is guessing: its estimated precision is %.2f (below 0.5), "
-                                        "so most entries it drops are likely true negatives; compare a run with "
-                                        "--warmup-epochs %d (the rule off) on your validation split", estimate,
-                                        config.epochs)
-            state = distributed.broadcast_object(info, state)
-            distributed.barrier(info)
-            if state.stopped_epoch is not None:
-                log.info("early stop after epoch %d: val mAP %.2f is more than %g below the best, %.2f at epoch %d",
-                         epoch, val_map, config.early_stop_drop, state.best_val_map, state.best_epoch)
-                break
-        return _finish(config, test_split, state, device, info, run, dataset_name, board, state.epoch * epoch_steps)
-    finally:
+    for epoch in range(first_epoch, config.epochs + 1):
+        # Shuffling and augmentation are seeded per epoch, so a resumed epoch replays identically.
+        torch.manual_seed(config.seed * 1000 + epoch)
+        generator.manual_seed(config.seed * 1000 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        before = (epoch - 1) * epoch_steps
+        on_step = None if board is None else (
+            lambda step, loss, rates, before=before: board.step(before + step + 1, loss, rates))
+        stats = train_one_epoch(model, objective, loader, optimizer, scheduler, epoch, device, config, info,
+                                full_labels_known, on_step)
+        objective.synchronize()
+        val_map = evaluate(network, val_split, config, device, info)
+        thresholds = calr_thresholds(objective)
+        row = {"epoch": epoch, "train_loss": round(stats.loss, 6),
+               **{f"loss_{name}": round(value, 6) for name, value in stats.parts.items()},
+               "val_map": round(val_map, 4), "rejected": stats.rejected, "rejected_true": stats.rejected_true,
+               "rejection_precision": None if stats.rejection_precision is None
+               else round(stats.rejection_precision, 4),
+               "rejected_fraction_of_unknown": round(stats.rejected / max(stats.unknown_entries, 1), 6),
+               "gap_threshold": None if thresholds is None else round(thresholds.gap_threshold, 6),
+               **rejection_diagnostics(objective, stats, None if config.max_steps_per_epoch else train_split,
+                                       labels_per_image),
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 2),
+               "images_per_s": round(stats.images / max(stats.seconds, 1e-9), 2)}
+        state.history.append(row)
+        state.epoch = epoch
         if board is not None:
-            board.close()
+            board.epoch(epoch * epoch_steps, row, None if thresholds is None else thresholds.class_average)
+            if picks:
+                board.cams(epoch * epoch_steps, cam_grid(_loaded(network, dataset.classes, config, thresholds, {}),
+                                                         picks))
+        if info.is_main:
+            if val_map > state.best_val_map:
+                state.best_val_map, state.best_epoch = val_map, epoch
+                # The best checkpoint keeps the thresholds of its own epoch, which describe its weights.
+                save_checkpoint(_loaded(network, dataset.classes, config, thresholds,
+                                        _training_summary(config, state, dataset_name)), run / "best")
+            elif early_stop_reached(state.best_val_map, val_map, config.early_stop_drop):
+                state.stopped_epoch = epoch
+            _atomic_torch_save({"model": network.state_dict(), "objective": objective.state_dict(),
+                                "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                "run": state.__dict__}, state_path)
+            _write_metrics(run / "metrics.csv", state.history)
+            log.info("epoch %d: loss %.4f, val mAP %.2f (best %.2f @ %d), rejected %d%s, %.1f img/s", epoch,
+                     stats.loss, val_map, state.best_val_map, state.best_epoch, stats.rejected,
+                     "" if row["rejection_precision"] is None else f" (precision {row['rejection_precision']:.3f})",
+                     row["images_per_s"])
+            estimate = row.get("estimated_precision")
+            if estimate is not None:
+                log.info("epoch %d: the rule would reject %d of %d probes (hidden annotated positives); "
+                         "estimated precision %.3f", epoch, stats.probes_flagged, stats.probes, estimate)
+                if objective.gated and epoch < config.epochs:
+                    log.info("the rule stays off in the next epoch: its estimated precision %.3f is below "
+                             "min_precision %g", estimate, objective.min_precision)
+                if estimate < 0.5 and stats.rejected:
+                    if config.pretrained:  # ungated by default there, where the benchmark saw it pay
+                        log.info("the rule's estimated precision is %.2f (below 0.5); with ImageNet features the "
+                                 "benchmark's ungated rule gained at a precision of 0.14 to 0.56 with several "
+                                 "positives (docs/method.md); to check on your data compare a run with "
+                                 "--warmup-epochs %d (the rule off) on your validation split", estimate,
+                                 config.epochs)
+                    else:
+                        log.warning("the rejection rule is guessing: its estimated precision is %.2f (below 0.5), "
+                                    "so most entries it drops are likely true negatives; compare a run with "
+                                    "--warmup-epochs %d (the rule off) on your validation split", estimate,
+                                    config.epochs)
+        state = distributed.broadcast_object(info, state)
+        distributed.barrier(info)
+        if state.stopped_epoch is not None:
+            log.info("early stop after epoch %d: val mAP %.2f is more than %g below the best, %.2f at epoch %d",
+                     epoch, val_map, config.early_stop_drop, state.best_val_map, state.best_epoch)
+            break
+    summary = _finish(config, test_split, state, device, info, run, dataset_name, board, state.epoch * epoch_steps)
+    if board is not None:  # each epoch's events are flushed as written: a failed run keeps its curves
+        board.close()
+    return summary
 
 
 def _loaded(network: SPMLModel, classes: list[str], config: TrainConfig, thresholds, training: dict) -> LoadedModel:

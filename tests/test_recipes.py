@@ -78,6 +78,11 @@ def test_a_wrong_path_fails_before_the_first_step(workspace, tmp_path, monkeypat
     assert train_main(["fit", "--config", str(stage), "--data", str(data), "--out", str(tmp_path / "r"),
                        *ONE_STEP]) == 2
     assert "init_from runs/photos_calr/best: not a checkpoint" in capsys.readouterr().err
+    # --init-from overrides the recipe's, and is checked the same way.
+    assert train_main(["fit", "--config", str(stage), "--data", str(data), "--out", str(tmp_path / "r"),
+                       "--init-from", str(tmp_path / "nowhere"), *ONE_STEP]) == 2
+    assert f"init_from {tmp_path / 'nowhere'}: not a checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_no_export_leaves_the_recipes_export_folder_alone(workspace, tmp_path, monkeypatch):

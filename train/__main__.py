@@ -29,6 +29,7 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup-epochs", type=int, help="CALR epochs before rejection starts")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                         help="start from ImageNet weights")
+    parser.add_argument("--init-from", help="start from this checkpoint's weights (and CALR's running thresholds)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bfloat16 autocast (default: on for CUDA)")
     parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
@@ -59,7 +60,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, key) for key in (
         "data", "loss", "arch", "out", "epochs", "batch_size", "image_size", "resize", "lr", "warmup_epochs",
         "pretrained", "amp", "device", "workers", "seed", "max_steps_per_epoch", "skip_bad", "single_positive",
-        "expected_positives", "tensorboard")}
+        "expected_positives", "tensorboard", "init_from")}
     config = load_config(args.config, overrides)
     if args.no_export:
         config.export = None

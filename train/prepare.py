@@ -462,6 +462,8 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     photos.add_argument("--image-size", type=int, default=448, help="scene side in pixels (default 448)")
     photos.add_argument("--mix", type=float, nargs=4, default=None, metavar=("P1", "P2", "P3", "P4"),
                         help="shares of scenes with 1, 2, 3 and 4 photos (default 0.2 0.3 0.2 0.3)")
+    photos.add_argument("--train-photos", action="store_true",
+                        help="train.csv also lists every training photo alone beside the scenes (val stays scenes)")
     _common(photos)
     return parser
 
@@ -489,8 +491,10 @@ def run_prepare(args: argparse.Namespace) -> int:
             options = {} if args.mix is None else {"mix": tuple(args.mix)}
             out = make_photo_scenes(args.photos, args.out, seed=args.seed, train=args.train, val=args.val,
                                     val_fraction=args.val_fraction, image_size=args.image_size,
-                                    overwrite=args.overwrite, progress=progress, **options)
-            print(f"photos: wrote {out} (scenes: train {args.train} / val {args.val}) and {out / 'photos'} "
+                                    overwrite=args.overwrite, progress=progress, train_photos=args.train_photos,
+                                    **options)
+            alone = " and every training photo alone" if args.train_photos else ""
+            print(f"photos: wrote {out} (scenes: train {args.train}{alone} / val {args.val}) and {out / 'photos'} "
                   "(the plain photos, split the same way)", file=sys.stderr)
         elif args.source == "coco" and args.root is None:
             if args.instances is None or args.images is None:

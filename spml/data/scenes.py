@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,21 +144,26 @@ def _scene_rows(name: str, scenes: list[list[str]], classes: list[str]) -> list[
 
 def make_photo_scenes(photos_dir: str | Path, out: str | Path, seed: int = 0, train: int = 2400, val: int = 600,
                       val_fraction: float = 0.2, image_size: int = 448, mix: Sequence[float] = DEFAULT_MIX,
-                      overwrite: bool = False, progress: bool = True) -> Path:
+                      overwrite: bool = False, progress: bool = True, train_photos: bool = False) -> Path:
     """Write the scene data set to ``out`` and the plain photos' single-positive set to ``out/photos``.
 
-    Deterministic for a seed: the same photos make the same CSVs and the same scene files.
-    ``out/sources.json`` names the photos of every scene."""
+    With ``train_photos`` the scenes' train.csv also lists every training photo alone (its one label its
+    positive, as ``photos/images/...``): a model then learns single photos as they are uploaded, beside
+    the scenes. Val stays scenes only. Deterministic for a seed: the same photos make the same CSVs and
+    the same scene files. ``out/sources.json`` names the photos of every scene."""
     folder = read_photo_folder(photos_dir)
     out = Path(out).expanduser()
     pools = split_photos(folder, val_fraction, seed)
     rng = np.random.RandomState(seed)
     plans = {"train": plan_scenes(pools["train"], train, mix, rng), "val": plan_scenes(pools["val"], val, mix, rng)}
-    files = render_dataset(folder.classes, {split: _scene_rows(split, scenes, folder.classes)
-                                            for split, scenes in plans.items()})
-    photo_files = render_dataset(folder.classes, {
-        split: [Row(image=f"images/{p}", labels=[_class_of(p)], positive=_class_of(p))
-                for name in folder.classes for p in pools[split][name]] for split in ("train", "val")})
+    photo_rows = {split: [Row(image=f"images/{p}", labels=[_class_of(p)], positive=_class_of(p))
+                          for name in folder.classes for p in pools[split][name]] for split in ("train", "val")}
+    scene_rows = {split: _scene_rows(split, scenes, folder.classes) for split, scenes in plans.items()}
+    if train_photos:
+        scene_rows["train"] += [replace(row, image=f"{PHOTOS_FOLDER}/{row.image}")
+                                for row in photo_rows["train"]]
+    files = render_dataset(folder.classes, scene_rows)
+    photo_files = render_dataset(folder.classes, photo_rows)
     check_writable(out, files, overwrite)
     check_writable(out / PHOTOS_FOLDER, photo_files, overwrite)
     link_images(out / PHOTOS_FOLDER / "images", folder.root, overwrite)
@@ -172,6 +177,6 @@ def make_photo_scenes(photos_dir: str | Path, out: str | Path, seed: int = 0, tr
                                                                          quality=90)
                 bar.update()
     sources = {"photos": str(folder.root.resolve()), "seed": seed, "val_fraction": val_fraction,
-               "image_size": image_size, "mix": list(mix), "scenes": plans}
+               "image_size": image_size, "mix": list(mix), "train_photos": train_photos, "scenes": plans}
     atomic_write_text(out / SOURCES_FILE, json.dumps(sources, indent=1) + "\n")
     return write_rendered(out, files)

@@ -103,27 +103,34 @@ def test_prepare_photos_writes_scenes_with_their_labels_and_the_plain_photos(tmp
     assert "already holds a different data set" in capsys.readouterr().err
 
 
-def test_prepare_photos_train_photos_adds_every_training_photo_alone_to_train_only(tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["single-positive", "single-label"])
+def test_prepare_photos_train_photos_adds_every_training_photo_alone_to_train_only(tmp_path, capsys, mode):
     photos = _photo_folder(tmp_path / "photos")
     common = ("--photos", str(photos), "--train", "30", "--val", "10", "--image-size", "16", "--no-progress")
     assert _prepare(*common, "--out", str(tmp_path / "scenes")) == 0
-    assert _prepare(*common, "--out", str(tmp_path / "both"), "--train-photos") == 0
-    assert "train 30 and every training photo alone / val 10" in capsys.readouterr().err
+    assert _prepare(*common, "--out", str(tmp_path / "both"), "--train-photos", mode) == 0
+    assert f"train 30 and every training photo alone ({mode}) / val 10" in capsys.readouterr().err
     train = load_dataset(tmp_path / "both").split("train")
     assert len(train.images) == 30 + 20  # the 30 scenes, then the 4 training photos of each of 5 classes
-    # The scenes are the same rows and the same files as without the option.
-    assert (tmp_path / "both" / "train.csv").read_text().splitlines()[:31] == \
-        (tmp_path / "scenes" / "train.csv").read_text().splitlines()
+    # The scenes are the same rows (each class unknown but its positive) and the same files as without the option.
+    scenes = load_dataset(tmp_path / "scenes").split("train")
+    assert np.array_equal(train.labels[:30], scenes.labels) and np.array_equal(train.observed[:30], scenes.observed)
     assert (tmp_path / "both" / "scenes/train/000007.jpg").read_bytes() == \
         (tmp_path / "scenes" / "scenes/train/000007.jpg").read_bytes()
     plain = load_dataset(tmp_path / "both" / "photos").split("train")
-    # The photos themselves (through the link), each with its one label observed.
+    # The photos themselves (through the link), each with its one label observed; the other classes unknown
+    # (single-positive) or known absent (single-label: -1 everywhere but the label).
     assert [Path(p).resolve() for p in train.images[30:]] == [Path(p).resolve() for p in plain.images]
     assert all(Path(p).resolve().parent.parent == photos.resolve() for p in train.images[30:])
     assert np.array_equal(train.labels[30:], plain.labels)
-    assert np.array_equal(train.observed[30:] == 1, plain.labels == 1)
-    assert (tmp_path / "both" / "val.csv").read_bytes() == (tmp_path / "scenes" / "val.csv").read_bytes()
-    assert json.loads((tmp_path / "both" / "sources.json").read_text())["train_photos"] is True
+    others = 0 if mode == "single-positive" else -1
+    assert np.array_equal(train.observed[30:], np.where(plain.labels == 1, 1, others))
+    assert (tmp_path / "both" / "val.csv").read_text().splitlines()[1:] == \
+        [line + ("," if mode == "single-label" else "")
+         for line in (tmp_path / "scenes" / "val.csv").read_text().splitlines()[1:]]
+    assert load_dataset(tmp_path / "both").split("val").observed.tolist() == \
+        load_dataset(tmp_path / "scenes").split("val").observed.tolist()
+    assert json.loads((tmp_path / "both" / "sources.json").read_text())["train_photos"] == mode
 
 
 def test_prepare_photos_errors_name_the_problem(tmp_path, capsys):

@@ -27,7 +27,7 @@ from spml.data.images import ImageLoadError, load_image
 from spml.data.importers import coco as coco_importer
 from spml.data.importers.common import ConvertError
 from spml.data.protocol import protocol_split, sample_single_positive
-from spml.data.scenes import make_photo_scenes
+from spml.data.scenes import TRAIN_PHOTOS_MODES, make_photo_scenes
 from spml.data.synthetic import make_synthetic_dataset, partial_positives
 from spml.data.writer import Row, check_writable, link_images, render_dataset, write_rendered
 
@@ -462,8 +462,10 @@ def add_prepare_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     photos.add_argument("--image-size", type=int, default=448, help="scene side in pixels (default 448)")
     photos.add_argument("--mix", type=float, nargs=4, default=None, metavar=("P1", "P2", "P3", "P4"),
                         help="shares of scenes with 1, 2, 3 and 4 photos (default 0.2 0.3 0.2 0.3)")
-    photos.add_argument("--train-photos", action="store_true",
-                        help="train.csv also lists every training photo alone beside the scenes (val stays scenes)")
+    photos.add_argument("--train-photos", choices=TRAIN_PHOTOS_MODES,
+                        help="train.csv also lists every training photo alone beside the scenes (val stays scenes): "
+                             "single-positive (its class observed, the others unknown) or single-label (the others "
+                             "known absent, as a folder of one class declares)")
     _common(photos)
     return parser
 
@@ -493,7 +495,7 @@ def run_prepare(args: argparse.Namespace) -> int:
                                     val_fraction=args.val_fraction, image_size=args.image_size,
                                     overwrite=args.overwrite, progress=progress, train_photos=args.train_photos,
                                     **options)
-            alone = " and every training photo alone" if args.train_photos else ""
+            alone = f" and every training photo alone ({args.train_photos})" if args.train_photos else ""
             print(f"photos: wrote {out} (scenes: train {args.train}{alone} / val {args.val}) and {out / 'photos'} "
                   "(the plain photos, split the same way)", file=sys.stderr)
         elif args.source == "coco" and args.root is None:

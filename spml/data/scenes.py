@@ -142,15 +142,25 @@ def _scene_rows(name: str, scenes: list[list[str]], classes: list[str]) -> list[
                 positive=classes[int(np.flatnonzero(observed[i])[0])]) for i in range(len(scenes))]
 
 
+# How the training photos join the scenes (``train prepare photos --train-photos MODE``).
+TRAIN_PHOTOS_MODES = ("single-positive", "single-label")
+
+
 def make_photo_scenes(photos_dir: str | Path, out: str | Path, seed: int = 0, train: int = 2400, val: int = 600,
                       val_fraction: float = 0.2, image_size: int = 448, mix: Sequence[float] = DEFAULT_MIX,
-                      overwrite: bool = False, progress: bool = True, train_photos: bool = False) -> Path:
+                      overwrite: bool = False, progress: bool = True, train_photos: str | None = None) -> Path:
     """Write the scene data set to ``out`` and the plain photos' single-positive set to ``out/photos``.
 
-    With ``train_photos`` the scenes' train.csv also lists every training photo alone (its one label its
-    positive, as ``photos/images/...``): a model then learns single photos as they are uploaded, beside
-    the scenes. Val stays scenes only. Deterministic for a seed: the same photos make the same CSVs and
-    the same scene files. ``out/sources.json`` names the photos of every scene."""
+    With ``train_photos`` the scenes' train.csv also lists every training photo alone (as
+    ``photos/images/...``): a model then learns single photos as they are uploaded, beside the scenes.
+    ``single-positive``: its folder's class its one positive, every other class unknown (a face beside a
+    French horn may be there); ``single-label``: every other class a known negative, as an image-folder set
+    declares (and as a classifier fitted on it assumes). Val stays scenes only.
+
+    Deterministic for a seed: the same photos make the same CSVs and the same scene files.
+    ``out/sources.json`` names the photos of every scene."""
+    if train_photos is not None and train_photos not in TRAIN_PHOTOS_MODES:
+        raise ValueError(f"unknown train_photos {train_photos!r}; choose one of {', '.join(TRAIN_PHOTOS_MODES)}")
     folder = read_photo_folder(photos_dir)
     out = Path(out).expanduser()
     pools = split_photos(folder, val_fraction, seed)
@@ -159,8 +169,10 @@ def make_photo_scenes(photos_dir: str | Path, out: str | Path, seed: int = 0, tr
     photo_rows = {split: [Row(image=f"images/{p}", labels=[_class_of(p)], positive=_class_of(p))
                           for name in folder.classes for p in pools[split][name]] for split in ("train", "val")}
     scene_rows = {split: _scene_rows(split, scenes, folder.classes) for split, scenes in plans.items()}
-    if train_photos:
-        scene_rows["train"] += [replace(row, image=f"{PHOTOS_FOLDER}/{row.image}")
+    if train_photos is not None:
+        absent = train_photos == "single-label"
+        scene_rows["train"] += [replace(row, image=f"{PHOTOS_FOLDER}/{row.image}",
+                                        negatives=[c for c in folder.classes if absent and c not in row.labels])
                                 for row in photo_rows["train"]]
     files = render_dataset(folder.classes, scene_rows)
     photo_files = render_dataset(folder.classes, photo_rows)

@@ -2,11 +2,11 @@
 in headless Chromium like any browser test.
 
 - app-inspect.png: the model of real photos (checkpoints/photos, the app's default) on scikit-image's photo of
-  the astronaut Eileen Collins, one of its examples: the labels, the positive's CAM, the mask, the crop and the
-  labels the rule rejects. The model's top label is face, so that is the positive; its CAM covers the face, and
-  the rule rejects french_horn and others whose evidence lies outside it (the suit and the flag: not labels of
-  this photo, so there the rule drops true negatives). The README's alt text says so, and this test checks that
-  the picture still shows it;
+  a motorbike in a garage (stereo_motorcycle, left view), one of its examples: the labels, the positive's CAM,
+  the mask, the crop and the labels the rule rejects. The model's top label is motorbike, so that is the
+  positive; its CAM covers the motorbike, and the rule rejects garbage_truck, whose evidence lies outside it
+  (the garage behind: not a label of this photo, so there the rule drops a true negative). The README's alt
+  text says so, and this test checks that the picture still shows it;
 - app-other-world.png: scikit-image's photo of a cat under the demo's model of shapes (checkpoints/demo): the
   notice;
 - app-review.png: the one-click example audit on the demo, under review.
@@ -46,16 +46,16 @@ def demo_page(request: pytest.FixtureRequest) -> Iterator:
 
 
 # First in the module: playwright drives one browser at a time, and demo_page's stays open once opened.
-def test_inspect_a_photo_of_a_face_on_the_photos_model(photos_checkpoint, tmp_path_factory):
+def test_inspect_a_photo_of_a_motorbike_on_the_photos_model(photos_checkpoint, tmp_path_factory):
     require_chromium()
     key = app_key(photos_checkpoint)
     with served_app(key, tmp_path_factory.mktemp("photos-audits")) as url, open_page(url) as page:
         assert f"Loaded: {key}" in page.locator("#checkpoint-info").inner_text()
-        page.locator("#examples button").nth(1).click()  # scikit-image's astronaut, the second example
-        page.locator("#summary").get_by_text("Example photograph: a face").wait_for()
+        page.locator("#examples button").nth(2).click()  # scikit-image's stereo_motorcycle, the third example
+        page.locator("#summary").get_by_text("Example photograph: a motorbike").wait_for()
         summary = page.locator("#summary").inner_text()
-        assert "Positive: face (the top prediction" in summary
-        assert "Rejected as likely false negatives: french_horn" in summary
+        assert "Positive: motorbike (the top prediction" in summary
+        assert "Rejected as likely false negatives: garbage_truck" in summary
         for elem_id in ("cam", "masked", "crop"):
             assert image_src(page, elem_id), f"no image in #{elem_id}"
         page.locator("#table thead").wait_for()

@@ -172,7 +172,7 @@ def make_photo_scenes(photos_dir: str | Path, out: str | Path, seed: int = 0, tr
     if train_photos is not None:
         absent = train_photos == "single-label"
         scene_rows["train"] += [replace(row, image=f"{PHOTOS_FOLDER}/{row.image}",
-                                        negatives=[c for c in folder.classes if absent and c not in row.labels])
+                                        negatives=[c for c in folder.classes if c not in row.labels] if absent else [])
                                 for row in photo_rows["train"]]
     files = render_dataset(folder.classes, scene_rows)
     photo_files = render_dataset(folder.classes, photo_rows)

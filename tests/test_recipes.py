@@ -17,8 +17,18 @@ from train.config import follow_data, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "train" / "configs").glob("*.yaml"))
-# A stage that starts from another recipe's run (init_from) comes after the recipes it may start from.
-ORDERED = sorted(RECIPES, key=lambda path: "init_from" in (yaml.safe_load(path.read_text()) or {}))
+_CONFIGS = {path: yaml.safe_load(path.read_text()) or {} for path in RECIPES}
+_BY_BEST = {f"{config['out']}/best": path for path, config in _CONFIGS.items() if "out" in config}
+
+
+def _stage(path: Path) -> int:
+    """How many recipes' runs this one starts from, one after another (0: none, from ImageNet or scratch)."""
+    init_from = _CONFIGS[path].get("init_from")
+    return 0 if init_from is None else 1 + _stage(_BY_BEST[init_from])
+
+
+# A stage that starts from another recipe's run (init_from) comes after every stage of its chain.
+ORDERED = sorted(RECIPES, key=_stage)
 ONE_STEP = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "2", "--image-size", "64",
             "--no-pretrained", "--device", "cpu", "--workers", "0"]
 
@@ -52,7 +62,7 @@ def test_recipe_runs_one_step_with_data_elsewhere(workspace, monkeypatch, recipe
     monkeypatch.chdir(workspace)
     data = workspace / "elsewhere" / "mine"
     assert train_main(["fit", "--config", str(recipe), "--data", str(data), *ONE_STEP]) == 0
-    written = yaml.safe_load(recipe.read_text())
+    written = _CONFIGS[recipe]
     run = workspace / written["out"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["data"] == str(data) and "calibration_error" not in summary
@@ -60,8 +70,7 @@ def test_recipe_runs_one_step_with_data_elsewhere(workspace, monkeypatch, recipe
     expected = " + ".join([str(data)] + [str(data / "photos")] * len(written.get("calibration_data", [])))
     assert familiarity is not None and familiarity["data"] == expected
     # A Q2L run's checkpoint and resume state take gigabytes: keep only the runs a later stage starts from.
-    if not any(f"{written['out']}/best" == (yaml.safe_load(other.read_text()) or {}).get("init_from")
-               for other in RECIPES):
+    if not any(config.get("init_from") == f"{written['out']}/best" for config in _CONFIGS.values()):
         shutil.rmtree(run)
 
 

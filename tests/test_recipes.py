@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "train" / "configs").glob("*.yaml"))
 _CONFIGS = {path: yaml.safe_load(path.read_text()) or {} for path in RECIPES}
 _BY_BEST = {f"{config['out']}/best": path for path, config in _CONFIGS.items() if "out" in config}
+_STARTED_FROM = {config["init_from"] for config in _CONFIGS.values() if "init_from" in config}
 
 
 def _stage(path: Path) -> int:
@@ -70,7 +71,7 @@ def test_recipe_runs_one_step_with_data_elsewhere(workspace, monkeypatch, recipe
     expected = " + ".join([str(data)] + [str(data / "photos")] * len(written.get("calibration_data", [])))
     assert familiarity is not None and familiarity["data"] == expected
     # A Q2L run's checkpoint and resume state take gigabytes: keep only the runs a later stage starts from.
-    if not any(config.get("init_from") == f"{written['out']}/best" for config in _CONFIGS.values()):
+    if f"{written['out']}/best" not in _STARTED_FROM:
         shutil.rmtree(run)
 
 
